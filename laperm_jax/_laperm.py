@@ -1,0 +1,331 @@
+"""Lookahead Permutation (LaPerm): train by reconnecting the initial weights."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax.tree_utils import _state_utils
+
+from laperm_jax import _weight_vectors
+
+SyncPeriod = Union[int, Callable[[jax.Array], jax.typing.ArrayLike]]
+Mask = Union[Any, Callable[[optax.Params], Any]]
+
+
+class LaPermState(NamedTuple):
+  """State of the `GradientTransformation` returned by :func:`laperm`.
+
+  Attributes:
+    count: Number of updates made so far; the step a ``sync_period`` schedule
+      is evaluated at.
+    steps_since_sync: Number of updates since the last synchronization.
+    sorted_init: The params tree with every permuted leaf holding its initial
+      weight vectors sorted ascending (in the leaf's shape and dtype), and
+      ``optax.MaskedNode()`` at every other leaf.
+    reset_values: The params tree with every leaf of ``reset_mask`` holding
+      its initial values, and ``optax.MaskedNode()`` at every other leaf.
+    inner_state: State of the inner optimizer.
+  """
+
+  count: jax.Array
+  steps_since_sync: jax.Array
+  sorted_init: optax.Params
+  reset_values: optax.Params
+  inner_state: optax.OptState
+
+
+def laperm(
+    inner: optax.GradientTransformation,
+    sync_period: SyncPeriod,
+    *,
+    mask: Optional[Mask] = None,
+    reset_mask: Optional[Mask] = None,
+    reset_inner_state: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """Lookahead Permutation: the inner optimizer only chooses where weights go.
+
+  ``init`` keeps every weight vector of the permuted leaves sorted ascending.
+  ``update`` runs ``inner`` as usual; every ``sync_period`` steps it instead
+  returns the updates that move each permuted weight vector to its sorted
+  initial values placed in the rank order of ``params + inner_updates``: the
+  smallest current weight receives the smallest initial value, and so on.
+  Between syncs the weights move freely; at each sync they become again a
+  permutation of the initial ones. The inner optimizer's state is kept
+  across syncs (as in the paper) unless ``reset_inner_state``.
+
+  A *weight vector* is every weight feeding one output unit: for a leaf of
+  shape ``(..., out)``, everything but the last axis, flattened (a Dense
+  kernel's column, a Conv kernel's whole filter); a 1-D leaf is one vector.
+  Equal values are ranked by position (a stable sort), so syncs are
+  deterministic for pruned or shared-value weights too.
+
+  Exactness: a sync is an optax update ``t - p``, and ``p + (t - p)`` rounds,
+  so after ``optax.apply_updates`` the weights are within the rounding of one
+  addition of the exact permutation (the error does not accumulate: each
+  sync starts again from the sorted initial values in the state). Call
+  :func:`synchronize` for bit-exact permuted weights, e.g. to evaluate
+  right after a sync or to export.
+
+  Non-finite values: a weight vector that holds a NaN or an infinity after
+  the inner step has no rank order, so a sync turns the whole vector into
+  NaN rather than into finite initial values. ``optax.apply_if_finite``
+  around this transformation then skips that step.
+
+  Args:
+    inner: The optimizer that proposes the moves (Adam in the paper).
+    sync_period: Steps between syncs (the paper's ``k``): an int >= 1, or a
+      schedule mapping the update count to a period, evaluated inside jit. A
+      sync happens when the steps since the last sync reach the period; a
+      schedule value below 1 therefore syncs at every step.
+    mask: Which leaves are permuted: a tree of bools with the structure of
+      the params (or a prefix of it), or a callable returning one, as
+      ``optax.masked`` takes. Default: leaves with ``ndim >= 2`` (kernels);
+      biases and normalization scales follow ``inner`` alone.
+    reset_mask: Leaves set back to their initial values at every sync (the
+      paper's gamma-beta reset of BatchNorm, Appendix A.5.6), in the same
+      form as ``mask``; must not overlap it. Default: none.
+    reset_inner_state: Whether to re-initialize the inner optimizer's state
+      at every sync.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`; extra keyword
+    arguments of ``update`` go to ``inner``. ``update`` needs ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import laperm_jax as lp
+    >>> params = {'w': jax.random.normal(jax.random.key(0), (3, 2))}
+    >>> tx = lp.laperm(optax.adam(1e-1), sync_period=2)
+    >>> state = tx.init(params)
+    >>> loss = lambda p: jnp.sum((p['w'] - 1.0) ** 2)
+    >>> for _ in range(2):
+    ...   grads = jax.grad(loss)(params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> exact = lp.synchronize(params, state)
+    >>> bool(jnp.all(jnp.sort(exact['w'], axis=0) == state.sorted_init['w']))
+    True
+
+  References:
+    Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
+    Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
+  """
+  if not callable(sync_period):
+    _check_sync_period(sync_period)
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params: optax.Params) -> LaPermState:
+    # Two distinct buffers: a state donated to jit must not alias itself.
+    count, steps_since_sync = jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32)
+    if isinstance(params, _state_utils._ParamsPlaceholder):  # pylint: disable=protected-access
+      # `optax.tree.map_params` calls init with a placeholder to find which
+      # fields of the state mirror the params.
+      return LaPermState(count, steps_since_sync, params, params,
+                         inner.init(params))
+    permuted = _resolve_mask(mask, params, 'mask', _default_mask)
+    reset = _resolve_mask(reset_mask, params, 'reset_mask', _empty_mask)
+    _check_leaves(params, permuted, reset)
+    sorted_init = _select(_weight_vectors.sort_vectors, params, permuted)
+    reset_values = _select(lambda leaf: leaf, params, reset)
+    return LaPermState(
+        count=count,
+        steps_since_sync=steps_since_sync,
+        sorted_init=sorted_init,
+        reset_values=reset_values,
+        inner_state=inner.init(params),
+    )
+
+  def update_fn(
+      updates: optax.Updates,
+      state: LaPermState,
+      params: Optional[optax.Params] = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, LaPermState]:
+    if params is None:
+      raise ValueError(
+          'laperm needs the current params: call update(grads, state, params).')
+    inner_updates, inner_state = inner.update(
+        updates, state.inner_state, params, **extra_args)
+    period = sync_period(state.count) if callable(sync_period) else sync_period
+    sync_now = state.steps_since_sync + 1 >= period
+
+    # A sync as one optax update. The paper's step is two moves: the inner
+    # step `p' = p + u`, then `p'' = permute(sorted_init, rank order of p')`.
+    # Merged, the update is `p'' - p`, computed only on sync steps. Keeping
+    # the pass-through as the false branch (branch 0) lets XLA forward its
+    # buffers without copies (openxla/xla#46314).
+    def keep(inner_updates, inner_state):
+      return inner_updates, inner_state
+
+    def sync(inner_updates, inner_state):
+      targets = optax.apply_updates(params, inner_updates)
+      synced = _sync_params(targets, state.sorted_init, state.reset_values)
+      sync_updates = jax.tree.map(
+          lambda new, old, u: (new - old).astype(u.dtype),
+          synced, params, inner_updates)
+      if reset_inner_state:
+        inner_state = inner.init(synced)
+      return sync_updates, inner_state
+
+    new_updates, inner_state = lax.cond(
+        sync_now, sync, keep, inner_updates, inner_state)
+    new_state = LaPermState(
+        count=optax.safe_increment(state.count),
+        steps_since_sync=jnp.where(
+            sync_now, 0, state.steps_since_sync + 1).astype(jnp.int32),
+        sorted_init=state.sorted_init,
+        reset_values=state.reset_values,
+        inner_state=inner_state,
+    )
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def synchronize(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
+  """Returns ``params`` synchronized exactly, as a LaPerm sync would set them.
+
+  Every permuted leaf becomes its sorted initial values placed in the rank
+  order of ``params``, per weight vector, bit for bit (a sync made through
+  ``optax.apply_updates`` is only within rounding of this); leaves of
+  ``reset_mask`` become their initial values; all other leaves are returned
+  as they are. Use it to evaluate "right after a sync", to export, or to
+  analyze the learned permutation. Weight vectors holding a non-finite value
+  become all NaN, as in a sync.
+
+  Args:
+    params: The current params.
+    opt_state: An optimizer state holding a :class:`LaPermState` anywhere
+      inside it (``optax.chain``, ``optax.inject_hyperparams``,
+      ``optax.MultiSteps``, ...). If it holds several, each is applied in
+      turn.
+
+  Returns:
+    The synchronized params, with the structure and dtypes of ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import laperm_jax as lp
+    >>> params = {'w': jnp.array([[1.0], [2.0], [3.0]])}
+    >>> tx = optax.chain(optax.clip(1.0), lp.laperm(optax.sgd(1.0), 10))
+    >>> state = tx.init(params)
+    >>> moved = {'w': jnp.array([[0.5], [-7.0], [9.0]])}
+    >>> lp.synchronize(moved, state)['w'].ravel()
+    Array([2., 1., 3.], dtype=float32)
+
+  References:
+    Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
+    Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
+  """
+  states = [
+      leaf for leaf in jax.tree.leaves(
+          opt_state, is_leaf=lambda x: isinstance(x, LaPermState))
+      if isinstance(leaf, LaPermState)
+  ]
+  if not states:
+    raise ValueError(
+        'synchronize: opt_state holds no LaPermState; pass the state of an '
+        'optimizer built with laperm_jax.laperm.')
+  for state in states:
+    try:
+      params = _sync_params(params, state.sorted_init, state.reset_values)
+    except ValueError as error:
+      raise ValueError(
+          'synchronize: params do not match the structure of the params the '
+          f'LaPerm state was initialized with: {error}') from error
+  return params
+
+
+def _sync_params(params, sorted_init, reset_values):
+  """Permutes and resets the leaves the LaPerm state holds values for."""
+
+  def sync_leaf(sorted_values, reset_value, leaf):
+    if not _is_masked(sorted_values):
+      return _permute_or_nan(leaf, sorted_values)
+    if not _is_masked(reset_value):
+      return reset_value
+    return leaf
+
+  return jax.tree.map(sync_leaf, sorted_init, reset_values, params,
+                      is_leaf=_is_masked)
+
+
+def _permute_or_nan(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
+  """`place_sorted`, with vectors holding a non-finite value set to NaN."""
+  placed = _weight_vectors.place_sorted(leaf, sorted_values)
+  finite = jnp.all(jnp.isfinite(_weight_vectors.as_vectors(leaf)), axis=0)
+  placed = jnp.where(finite, _weight_vectors.as_vectors(placed), jnp.nan)
+  return _weight_vectors.from_vectors(placed.astype(sorted_values.dtype),
+                                      leaf.shape)
+
+
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _select(fn, params, selection):
+  return jax.tree.map(
+      lambda leaf, selected: fn(leaf) if selected else optax.MaskedNode(),
+      params, selection)
+
+
+def _default_mask(params):
+  return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
+
+
+def _empty_mask(params):
+  return jax.tree.map(lambda _: False, params)
+
+
+def _resolve_mask(mask, params, name, default):
+  """A tree of Python bools with the structure of ``params``."""
+  tree = default(params) if mask is None else (
+      mask(params) if callable(mask) else mask)
+  try:
+    return jax.tree.map(
+        lambda selected, subtree: jax.tree.map(lambda _: selected, subtree),
+        tree, params)
+  except ValueError as error:
+    raise ValueError(
+        f'laperm: {name} does not match the structure of params (it must '
+        f'be the same tree, or a prefix of it): {error}') from error
+
+
+def _check_sync_period(sync_period) -> None:
+  if isinstance(sync_period, jax.core.Tracer):
+    return  # Injected as a hyperparameter; a value below 1 syncs every step.
+  if np.ndim(sync_period) != 0:
+    raise ValueError(
+        f'laperm: sync_period must be a scalar, got shape {np.shape(sync_period)}.')
+  if sync_period < 1:
+    raise ValueError(f'laperm: sync_period must be >= 1, got {sync_period}.')
+
+
+def _check_leaves(params, permuted, reset) -> None:
+  """Raises a ValueError naming the first selected leaf LaPerm cannot take."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, leaf), is_permuted, is_reset in zip(
+      flat, jax.tree.leaves(permuted), jax.tree.leaves(reset)):
+    name = jax.tree_util.keystr(path)
+    if is_permuted and is_reset:
+      raise ValueError(
+          f'laperm: leaf {name} is in both mask and reset_mask; a leaf is '
+          'either permuted or reset at a sync, not both.')
+    if not (is_permuted or is_reset):
+      continue
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise ValueError(
+          f'laperm: leaf {name} has dtype {jnp.result_type(leaf)}; only '
+          'floating-point leaves can be permuted or reset.')
+    if is_permuted and jnp.ndim(leaf) == 0:
+      raise ValueError(
+          f'laperm: leaf {name} is a scalar, which holds no weight vector; '
+          'leave it out of mask.')
+    if not isinstance(leaf, jax.core.Tracer) and not np.all(
+        np.isfinite(np.asarray(leaf, np.float64))):
+      raise ValueError(
+          f'laperm: leaf {name} has non-finite initial values.')
