@@ -139,6 +139,31 @@ def laperm(
         inner_state=inner.init(params),
     )
 
+  # A sync as one optax update. The paper's step is two moves: the inner
+  # step `p' = p + u`, then `p'' = permute(sorted_init, rank order of p')`.
+  # Merged, the update is `p'' - p`, computed only on sync steps. Keeping the
+  # pass-through as the false branch (branch 0) lets XLA forward its buffers
+  # without copies (openxla/xla#46314).
+  def keep(operands):
+    inner_updates, inner_state, *_ = operands
+    return inner_updates, inner_state
+
+  def sync(operands):
+    inner_updates, inner_state, params, sorted_init, reset_values = operands
+
+    def leaf_update(sorted_values, reset_value, param, update):
+      if _is_masked(sorted_values) and _is_masked(reset_value):
+        return update
+      target = optax.apply_updates(param, update)
+      new = _sync_leaf(sorted_values, reset_value, target)
+      return (new - param).astype(update.dtype)
+
+    sync_updates = jax.tree.map(leaf_update, sorted_init, reset_values,
+                                params, inner_updates, is_leaf=_is_masked)
+    if reset_inner_state:
+      inner_state = inner.init(optax.apply_updates(params, sync_updates))
+    return sync_updates, inner_state
+
   def update_fn(
       updates: optax.Updates,
       state: LaPermState,
@@ -153,26 +178,12 @@ def laperm(
     period = sync_period(state.count) if callable(sync_period) else sync_period
     sync_now = state.steps_since_sync + 1 >= period
 
-    # A sync as one optax update. The paper's step is two moves: the inner
-    # step `p' = p + u`, then `p'' = permute(sorted_init, rank order of p')`.
-    # Merged, the update is `p'' - p`, computed only on sync steps. Keeping
-    # the pass-through as the false branch (branch 0) lets XLA forward its
-    # buffers without copies (openxla/xla#46314).
-    def keep(inner_updates, inner_state):
-      return inner_updates, inner_state
-
-    def sync(inner_updates, inner_state):
-      targets = optax.apply_updates(params, inner_updates)
-      synced = _sync_params(targets, state.sorted_init, state.reset_values)
-      sync_updates = jax.tree.map(
-          lambda new, old, u: (new - old).astype(u.dtype),
-          synced, params, inner_updates)
-      if reset_inner_state:
-        inner_state = inner.init(synced)
-      return sync_updates, inner_state
-
+    # Whole trees go in as operands, not closures, so that eager calls reuse
+    # the traced branches instead of tracing and compiling them anew.
     new_updates, inner_state = lax.cond(
-        sync_now, sync, keep, inner_updates, inner_state)
+        sync_now, sync, keep,
+        (inner_updates, inner_state, params, state.sorted_init,
+         state.reset_values))
     new_state = LaPermState(
         count=optax.safe_increment(state.count),
         steps_since_sync=jnp.where(
@@ -242,16 +253,17 @@ def synchronize(params: optax.Params, opt_state: optax.OptState) -> optax.Params
 
 def _sync_params(params, sorted_init, reset_values):
   """Permutes and resets the leaves the LaPerm state holds values for."""
-
-  def sync_leaf(sorted_values, reset_value, leaf):
-    if not _is_masked(sorted_values):
-      return _permute_or_nan(leaf, sorted_values)
-    if not _is_masked(reset_value):
-      return reset_value
-    return leaf
-
-  return jax.tree.map(sync_leaf, sorted_init, reset_values, params,
+  return jax.tree.map(_sync_leaf, sorted_init, reset_values, params,
                       is_leaf=_is_masked)
+
+
+def _sync_leaf(sorted_values, reset_value, leaf):
+  """The value a sync gives ``leaf``."""
+  if not _is_masked(sorted_values):
+    return _permute_or_nan(leaf, sorted_values)
+  if not _is_masked(reset_value):
+    return reset_value
+  return leaf
 
 
 def _permute_or_nan(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:

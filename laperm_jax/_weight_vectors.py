@@ -9,7 +9,8 @@ tools and the analyses all go through these functions.
 
 Ranks are stable: equal values (pruned zeros, a shared value, ``0.0`` and
 ``-0.0``) are ranked by their flat position within the vector, so every
-function here is deterministic.
+function here is deterministic. XLA flushes subnormal floats to zero in
+comparisons, so they rank as ties with ``0.0``.
 """
 
 import jax
