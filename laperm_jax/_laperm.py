@@ -150,16 +150,12 @@ def laperm(
 
   def sync(operands):
     inner_updates, inner_state, params, sorted_init, reset_values = operands
-
-    def leaf_update(sorted_values, reset_value, param, update):
-      if _is_masked(sorted_values) and _is_masked(reset_value):
-        return update
-      target = optax.apply_updates(param, update)
-      new = _sync_leaf(sorted_values, reset_value, target)
-      return (new - param).astype(update.dtype)
-
-    sync_updates = jax.tree.map(leaf_update, sorted_init, reset_values,
-                                params, inner_updates, is_leaf=_is_masked)
+    update_leaves, treedef = jax.tree.flatten(inner_updates, is_leaf=_is_masked)
+    sync_updates = treedef.unflatten([
+        _sync_update(sorted_values, reset_value, param, update)
+        for (param, sorted_values, reset_value), update in zip(
+            _zip_leaves(params, sorted_init, reset_values)[0], update_leaves)
+    ])
     if reset_inner_state:
       inner_state = inner.init(optax.apply_updates(params, sync_updates))
     return sync_updates, inner_state
@@ -242,19 +238,44 @@ def synchronize(params: optax.Params, opt_state: optax.OptState) -> optax.Params
         'synchronize: opt_state holds no LaPermState; pass the state of an '
         'optimizer built with laperm_jax.laperm.')
   for state in states:
-    try:
-      params = _sync_params(params, state.sorted_init, state.reset_values)
-    except ValueError as error:
-      raise ValueError(
-          'synchronize: params do not match the structure of the params the '
-          f'LaPerm state was initialized with: {error}') from error
+    leaves, treedef = _zip_leaves(params, state.sorted_init, state.reset_values)
+    params = treedef.unflatten([
+        _sync_leaf(sorted_values, reset_value, param)
+        for param, sorted_values, reset_value in leaves])
   return params
 
 
-def _sync_params(params, sorted_init, reset_values):
-  """Permutes and resets the leaves the LaPerm state holds values for."""
-  return jax.tree.map(_sync_leaf, sorted_init, reset_values, params,
-                      is_leaf=_is_masked)
+def _zip_leaves(params, sorted_init, reset_values):
+  """Pairs each leaf of ``params`` with what the LaPerm state holds for it.
+
+  Leaves are matched by key path, so params wrapped differently from the
+  state (Flax NNX ``Param`` variables against the optimizer's own) match.
+
+  Returns:
+    A list of ``(param, sorted_values, reset_value)`` and the treedef of
+    ``params``.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params,
+                                                       is_leaf=_is_masked)
+  held_flat = jax.tree_util.tree_flatten_with_path(sorted_init,
+                                                   is_leaf=_is_masked)[0]
+  reset_leaves = jax.tree.leaves(reset_values, is_leaf=_is_masked)
+  paths = [jax.tree_util.keystr(path) for path, _ in flat]
+  held_paths = [jax.tree_util.keystr(path) for path, _ in held_flat]
+  if paths != held_paths:
+    raise ValueError(
+        f'params with leaves {paths} do not match the structure of the params '
+        f'the LaPerm state was initialized with, {held_paths}.')
+  sorted_leaves = [held for _, held in held_flat]
+  for name, (_, param), held in zip(paths, flat, sorted_leaves):
+    if not _is_masked(held) and jnp.shape(param) != held.shape:
+      raise ValueError(
+          f'leaf {name} has shape {jnp.shape(param)} but the LaPerm state '
+          f'holds {held.shape} for it: params do not match the structure of '
+          'the params the state was initialized with.')
+  leaves = [(param, held, reset) for (_, param), held, reset in zip(
+      flat, sorted_leaves, reset_leaves)]
+  return leaves, treedef
 
 
 def _sync_leaf(sorted_values, reset_value, leaf):
@@ -264,6 +285,15 @@ def _sync_leaf(sorted_values, reset_value, leaf):
   if not _is_masked(reset_value):
     return reset_value
   return leaf
+
+
+def _sync_update(sorted_values, reset_value, param, update):
+  """The update that moves ``param`` where a sync puts ``param + update``."""
+  if _is_masked(sorted_values) and _is_masked(reset_value):
+    return update
+  target = optax.apply_updates(param, update)
+  new = _sync_leaf(sorted_values, reset_value, target)
+  return (new - param).astype(update.dtype)
 
 
 def _permute_or_nan(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:

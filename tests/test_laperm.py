@@ -494,3 +494,9 @@ def test_donated_state_does_not_alias_itself():
   for _ in range(3):
     params, state = step(params, state)
   assert int(state.count) == 3
+
+
+def test_synchronize_with_other_leaf_shape():
+  state = lp.laperm(optax.sgd(0.1), 2).init({'w': jnp.ones((3, 2))})
+  with pytest.raises(ValueError, match=r"\['w'\] has shape \(2, 3\)"):
+    lp.synchronize({'w': jnp.ones((2, 3))}, state)
