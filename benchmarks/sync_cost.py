@@ -1,0 +1,121 @@
+"""Cost of one LaPerm sync against one sort of the same weight vectors.
+
+For single leaves from 1e4 to 1.5e7 parameters and for the kernels of whole
+models of the paper (F2, Conv7, Conv13), times, in one run and interleaved:
+
+- `sort`: one `jnp.sort` of every weight vector (axis 0 of the
+  `(vector_length, num_vectors)` view), the cost the sync is judged against;
+- `sync`: `laperm_jax.synchronize`, i.e. exactly what the sync branch of the
+  transformation runs (one key-value sort, one scatter, a finiteness check);
+- `reference`: the paper's algorithm written in JAX, `argsort(argsort(w))`
+  then a gather of the sorted initial values.
+
+Prints a table of median times and the ratios sync/sort and reference/sync.
+Run: `python benchmarks/sync_cost.py [--quick] [--repeats N]`.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import laperm_jax as lp
+
+# Kernel shapes of the paper's networks (JAX layout, output axis last).
+MODELS = {
+    'F2 (109k)': [(784, 128), (128, 64), (64, 10)],
+    'Conv7 (0.3M)': [(3, 3, 1, 32), (3, 3, 32, 32), (5, 5, 32, 32),
+                     (3, 3, 32, 64), (3, 3, 64, 64), (5, 5, 64, 64),
+                     (4, 4, 64, 128), (128, 10)],
+    'Conv13 (15.0M)': [(3, 3, 3, 64), (3, 3, 64, 64), (3, 3, 64, 128),
+                       (3, 3, 128, 128), (3, 3, 128, 256), (3, 3, 256, 256),
+                       (3, 3, 256, 256), (3, 3, 256, 512)]
+                      + [(3, 3, 512, 512)] * 5 + [(512, 512), (512, 10)],
+}
+LEAVES = [(100, 100), (1000, 1000), (3, 3, 256, 256), (4608, 1024),
+          (4608, 3200)]
+QUICK_LEAVES = [(100, 100), (784, 128), (3, 3, 64, 64)]
+
+
+def _reference_sync(params, sorted_init):
+  """The reference implementation's sync: ranks by double argsort, gather."""
+
+  def leaf(param, sorted_values):
+    vectors = lp.as_vectors(param)
+    ranks = jnp.argsort(jnp.argsort(vectors, axis=0), axis=0)
+    placed = jnp.take_along_axis(lp.as_vectors(sorted_values), ranks, axis=0)
+    return placed.reshape(param.shape)
+
+  return jax.tree.map(leaf, params, sorted_init)
+
+
+def _sort(params):
+  return jax.tree.map(lambda p: jnp.sort(lp.as_vectors(p), axis=0), params)
+
+
+def _median_times(functions, args, repeats):
+  """Interleaves the functions so drifts in machine load hit all alike."""
+  for name, fn in functions.items():
+    jax.block_until_ready(fn(*args[name]))
+  times = {name: [] for name in functions}
+  for _ in range(repeats):
+    for name, fn in functions.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args[name]))
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def measure(shapes, repeats):
+  keys = jax.random.split(jax.random.key(0), len(shapes))
+  initial = {f'k{i}': jax.random.normal(k, s) for i, (k, s) in
+             enumerate(zip(keys, shapes))}
+  state = lp.laperm(optax.identity(), 1).init(initial)
+  moved = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(
+      jax.random.key(1), x.shape), initial)
+  # Each function gets its arguments, not closures: no constants baked in.
+  functions = {
+      'sort': jax.jit(_sort),
+      'sync': jax.jit(lp.synchronize),
+      'reference': jax.jit(_reference_sync),
+  }
+  args = {'sort': (moved,), 'sync': (moved, state),
+          'reference': (moved, state.sorted_init)}
+  synced = functions['sync'](*args['sync'])
+  reference = functions['reference'](*args['reference'])
+  # The reference breaks ties arbitrarily; random normal weights have none,
+  # so both must agree bit for bit.
+  for name in synced:
+    np.testing.assert_array_equal(synced[name], reference[name])
+  return _median_times(functions, args, repeats)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='small leaves only, for a smoke run')
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+  rows = [(f'leaf {shape}', [shape]) for shape in
+          (QUICK_LEAVES if args.quick else LEAVES)]
+  if not args.quick:
+    rows += [(f'model {name}', shapes) for name, shapes in MODELS.items()]
+  device = jax.devices()[0]
+  print(f'device: {device.platform} ({device.device_kind}), '
+        f'jax {jax.__version__}, repeats {args.repeats}')
+  print(f'{"what":<30}{"params":>11}{"sort ms":>10}{"sync ms":>10}'
+        f'{"ref ms":>10}{"sync/sort":>11}{"ref/sync":>10}')
+  for name, shapes in rows:
+    size = sum(int(np.prod(s)) for s in shapes)
+    t = measure(shapes, args.repeats)
+    print(f'{name:<30}{size:>11,}{t["sort"] * 1e3:>10.1f}'
+          f'{t["sync"] * 1e3:>10.1f}{t["reference"] * 1e3:>10.1f}'
+          f'{t["sync"] / t["sort"]:>11.2f}{t["reference"] / t["sync"]:>10.2f}',
+          flush=True)
+
+
+if __name__ == '__main__':
+  main()
