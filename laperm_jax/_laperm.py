@@ -73,7 +73,9 @@ def laperm(
   Non-finite values: a weight vector that holds a NaN or an infinity after
   the inner step has no rank order, so a sync turns the whole vector into
   NaN rather than into finite initial values. ``optax.apply_if_finite``
-  around this transformation then skips that step.
+  around this transformation then skips that step. ``init`` rejects
+  non-finite initial values (when called outside jit, where it can see
+  them).
 
   Args:
     inner: The optimizer that proposes the moves (Adam in the paper).
@@ -150,12 +152,11 @@ def laperm(
 
   def sync(operands):
     inner_updates, inner_state, params, sorted_init, reset_values = operands
+    held, _ = _zip_leaves(params, sorted_init, reset_values)
     update_leaves, treedef = jax.tree.flatten(inner_updates, is_leaf=_is_masked)
     sync_updates = treedef.unflatten([
-        _sync_update(sorted_values, reset_value, param, update)
-        for (param, sorted_values, reset_value), update in zip(
-            _zip_leaves(params, sorted_init, reset_values)[0], update_leaves)
-    ])
+        _sync_update(*leaf, update)
+        for leaf, update in zip(held, update_leaves)])
     if reset_inner_state:
       inner_state = inner.init(optax.apply_updates(params, sync_updates))
     return sync_updates, inner_state
@@ -238,10 +239,8 @@ def synchronize(params: optax.Params, opt_state: optax.OptState) -> optax.Params
         'synchronize: opt_state holds no LaPermState; pass the state of an '
         'optimizer built with laperm_jax.laperm.')
   for state in states:
-    leaves, treedef = _zip_leaves(params, state.sorted_init, state.reset_values)
-    params = treedef.unflatten([
-        _sync_leaf(sorted_values, reset_value, param)
-        for param, sorted_values, reset_value in leaves])
+    held, treedef = _zip_leaves(params, state.sorted_init, state.reset_values)
+    params = treedef.unflatten([_sync_leaf(*leaf) for leaf in held])
   return params
 
 
@@ -278,7 +277,7 @@ def _zip_leaves(params, sorted_init, reset_values):
   return leaves, treedef
 
 
-def _sync_leaf(sorted_values, reset_value, leaf):
+def _sync_leaf(leaf, sorted_values, reset_value):
   """The value a sync gives ``leaf``."""
   if not _is_masked(sorted_values):
     return _permute_or_nan(leaf, sorted_values)
@@ -287,12 +286,12 @@ def _sync_leaf(sorted_values, reset_value, leaf):
   return leaf
 
 
-def _sync_update(sorted_values, reset_value, param, update):
+def _sync_update(param, sorted_values, reset_value, update):
   """The update that moves ``param`` where a sync puts ``param + update``."""
   if _is_masked(sorted_values) and _is_masked(reset_value):
     return update
   target = optax.apply_updates(param, update)
-  new = _sync_leaf(sorted_values, reset_value, target)
+  new = _sync_leaf(target, sorted_values, reset_value)
   return (new - param).astype(update.dtype)
 
 
