@@ -155,8 +155,16 @@ def test_no_drift_after_1000_syncs():
   _assert_exact_permutation(params, state)
 
 
+def _enable_x64():
+  # jax.enable_x64 replaced jax.experimental.enable_x64 in newer releases.
+  if hasattr(jax, 'enable_x64'):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  return enable_x64()
+
+
 def test_float64():
-  with jax.enable_x64(True):
+  with _enable_x64():
     params = _params(jnp.float64)
     tx = lp.laperm(optax.sgd(0.5), sync_period=2)
     state = tx.init(params)
