@@ -4,6 +4,19 @@ Qiu & Suda, "Train-by-Reconnect: Decoupling Locations of Weights from Their
 Values", NeurIPS 2020.
 """
 
+from laperm_jax._analysis import CycleSummary
+from laperm_jax._analysis import RankingDistance
+from laperm_jax._analysis import cycle_summary
+from laperm_jax._analysis import permutation_between
+from laperm_jax._analysis import permutation_cycles
+from laperm_jax._analysis import ranking_distance
+from laperm_jax._analysis import ranking_distances
+from laperm_jax._analysis import weight_profiles
+from laperm_jax._analysis import weight_statistics
+from laperm_jax._initializers import PruneResult
+from laperm_jax._initializers import random_prune
+from laperm_jax._initializers import shared_value
+from laperm_jax._initializers import size_aware_rates
 from laperm_jax._laperm import LaPermState
 from laperm_jax._laperm import laperm
 from laperm_jax._laperm import synchronize
@@ -15,11 +28,24 @@ from laperm_jax._weight_vectors import sort_vectors
 __version__ = '0.1.0'
 
 __all__ = (
+    'CycleSummary',
     'LaPermState',
+    'PruneResult',
+    'RankingDistance',
     'as_vectors',
+    'cycle_summary',
     'laperm',
+    'permutation_between',
+    'permutation_cycles',
     'place_sorted',
+    'random_prune',
+    'ranking_distance',
+    'ranking_distances',
     'ranks',
+    'shared_value',
+    'size_aware_rates',
     'sort_vectors',
     'synchronize',
+    'weight_profiles',
+    'weight_statistics',
 )

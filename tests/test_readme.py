@@ -1,4 +1,4 @@
-"""The README's quick start runs as written and does what it says."""
+"""The README's examples run as written and do what they say."""
 
 import pathlib
 import re
@@ -11,11 +11,17 @@ import laperm_jax as lp
 README = pathlib.Path(__file__).resolve().parent.parent / 'README.md'
 
 
-def test_quick_start():
-  code = re.search(r'## Quick start\s+```python\n(.*?)```', README.read_text(),
+def _run_example(section):
+  """Runs the first python block after the heading ``section``."""
+  code = re.search(section + r'.*?```python\n(.*?)```', README.read_text(),
                    re.DOTALL).group(1)
   namespace = {}
   exec(compile(code, str(README), 'exec'), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+def test_quick_start():
+  namespace = _run_example('## Quick start')
   exact = namespace['exact']
   initial = optax.tree.get(namespace['opt_state'], 'sorted_init')
   for layer in ('hidden', 'out'):
@@ -23,3 +29,16 @@ def test_quick_start():
                                 initial[layer]['kernel'])
   loss = namespace['loss_fn'](exact, namespace['x'], namespace['y'])
   assert float(loss) < 1.0  # ln(10) = 2.3 at chance.
+
+
+def test_reconnection_tools_example():
+  namespace = _run_example('## Reconnection tools')
+  pruned, synced = namespace['pruned'], namespace['synced']
+  assert int(pruned.num_nonzero['Dense_0']['kernel']) == round(0.8 * 64 * 32)
+  for layer in ('Dense_0', 'Dense_1'):
+    # Two syncs later, each vector holds the pruned values, zeros included.
+    chex.assert_trees_all_equal(
+        lp.sort_vectors(synced[2][layer]['kernel']),
+        lp.sort_vectors(pruned.params[layer]['kernel']))
+  distance = lp.ranking_distance(synced[1], synced[2])['Dense_0']['kernel']
+  assert 0 < float(distance.mean) < 1
