@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from laperm_jax import _masks
 from laperm_jax import _weight_vectors
 
 PerLeaf = Union[float, Any, Callable[[optax.Params], Any]]
-Mask = Union[Any, Callable[[optax.Params], Any]]
 
 # Exponent of the size-aware rule: the kept fraction of a leaf of `n` weights
 # is proportional to `n ** -0.3`. Fitted to Appendix A.5.0, where F2's kernels
@@ -63,7 +63,7 @@ def random_prune(
     params: optax.Params,
     rate: Optional[float],
     *,
-    mask: Optional[Mask] = None,
+    mask: Optional[_masks.Mask] = None,
     rates: Optional[PerLeaf] = None,
     size_aware: bool = False,
     first_layer: Optional[str] = None,
@@ -128,7 +128,7 @@ def random_prune(
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   names = [jax.tree_util.keystr(path) for path, _ in flat]
-  selected = _resolve_mask(mask, params, 'mask')
+  selected = _masks.selected_leaves(mask, params, 'mask')
   _check_selected_leaves('random_prune', flat, selected)
   if rates is not None and size_aware:
     raise ValueError(
@@ -139,7 +139,7 @@ def random_prune(
     _check_fraction('random_prune', 'rate', rate, allow_zero=True)
     if size_aware:
       rates = size_aware_rates(params, rate, mask=mask)
-  leaf_rates = _resolve_per_leaf(rate if rates is None else rates, params,
+  leaf_rates = _masks.per_leaf(rate if rates is None else rates, params,
                                  'rates' if rates is not None else 'rate')
   leaf_rates = [r if is_selected else 0.0
                 for r, is_selected in zip(leaf_rates, selected)]
@@ -178,7 +178,7 @@ def size_aware_rates(
     params: optax.Params,
     rate: float,
     *,
-    mask: Optional[Mask] = None,
+    mask: Optional[_masks.Mask] = None,
     exponent: float = SIZE_AWARE_EXPONENT,
 ) -> Any:
   """Per-leaf pruning rates that prune larger leaves more (Appendix A.5.0).
@@ -221,7 +221,7 @@ def size_aware_rates(
     raise ValueError(
         f'size_aware_rates: exponent must be >= 0, got {exponent}.')
   flat, treedef = jax.tree.flatten(params)
-  selected = _resolve_mask(mask, params, 'mask')
+  selected = _masks.selected_leaves(mask, params, 'mask')
   sizes = [float(np.prod(jnp.shape(leaf))) if is_selected else 0.0
            for leaf, is_selected in zip(flat, selected)]
   kept = _water_fill(sizes, (1.0 - float(rate)) * sum(sizes), exponent)
@@ -236,7 +236,7 @@ def shared_value(
     value: float,
     keep: PerLeaf,
     *,
-    mask: Optional[Mask] = None,
+    mask: Optional[_masks.Mask] = None,
     per_vector: bool = False,
 ) -> optax.Params:
   """Weight-agnostic initial weights: every selected weight is 0 or ``value``.
@@ -285,9 +285,9 @@ def shared_value(
         f'shared_value: value must be a finite, nonzero scalar, got {value}.')
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   names = [jax.tree_util.keystr(path) for path, _ in flat]
-  selected = _resolve_mask(mask, params, 'mask')
+  selected = _masks.selected_leaves(mask, params, 'mask')
   _check_selected_leaves('shared_value', flat, selected)
-  keeps = _resolve_per_leaf(keep, params, 'keep')
+  keeps = _masks.per_leaf(keep, params, 'keep')
   for name, leaf_keep, is_selected in zip(names, keeps, selected):
     if is_selected:
       _check_fraction('shared_value', f'keep of leaf {name}', leaf_keep,
@@ -400,35 +400,6 @@ def _water_fill(sizes, total_kept, exponent):
   for i in full:
     kept[i] = 1.0
   return kept
-
-
-def _resolve_mask(mask, params, name):
-  """A list of Python bools, one per leaf of ``params`` (flattened order)."""
-  if mask is None:
-    return [jnp.ndim(leaf) >= 2 for leaf in jax.tree.leaves(params)]
-  values = _resolve_per_leaf(mask, params, name)
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, _), value in zip(flat, values):
-    if not isinstance(value, (bool, np.bool_)):
-      raise ValueError(
-          f'{name} must hold Python bools, but holds {value!r} for leaf '
-          f'{jax.tree_util.keystr(path)}.')
-  return [bool(value) for value in values]
-
-
-def _resolve_per_leaf(spec, params, name):
-  """Broadcasts a per-leaf spec (tree prefix or callable) to a list of leaves."""
-  tree = spec(params) if callable(spec) else spec
-  try:
-    broadcast = jax.tree.map(
-        lambda value, subtree: jax.tree.map(lambda _: value, subtree),
-        tree, params)
-  except (ValueError, TypeError) as error:
-    raise ValueError(
-        f'{name} does not match the structure of params (it must be the same '
-        f'tree, a prefix of it, or a callable returning one): {error}'
-    ) from error
-  return jax.tree.leaves(broadcast)
 
 
 def _check_selected_leaves(function, flat, selected):

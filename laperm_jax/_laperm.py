@@ -10,10 +10,10 @@ import numpy as np
 import optax
 from optax.tree_utils import _state_utils
 
+from laperm_jax import _masks
 from laperm_jax import _weight_vectors
 
 SyncPeriod = Union[int, Callable[[jax.Array], jax.typing.ArrayLike]]
-Mask = Union[Any, Callable[[optax.Params], Any]]
 
 
 class LaPermState(NamedTuple):
@@ -42,8 +42,8 @@ def laperm(
     inner: optax.GradientTransformation,
     sync_period: SyncPeriod,
     *,
-    mask: Optional[Mask] = None,
-    reset_mask: Optional[Mask] = None,
+    mask: Optional[_masks.Mask] = None,
+    reset_mask: Optional[_masks.Mask] = None,
     reset_inner_state: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Lookahead Permutation: the inner optimizer only chooses where weights go.
@@ -128,8 +128,9 @@ def laperm(
       # fields of the state mirror the params.
       return LaPermState(count, steps_since_sync, params, params,
                          inner.init(params))
-    permuted = _resolve_mask(mask, params, 'mask', _default_mask)
-    reset = _resolve_mask(reset_mask, params, 'reset_mask', _empty_mask)
+    permuted = _masks.selected_leaves(mask, params, 'laperm: mask')
+    reset = _masks.selected_leaves(reset_mask, params, 'laperm: reset_mask',
+                                   default_kernels=False)
     _check_leaves(params, permuted, reset)
     sorted_init = _select(_weight_vectors.sort_vectors, params, permuted)
     reset_values = _select(lambda leaf: leaf, params, reset)
@@ -309,31 +310,10 @@ def _is_masked(x: Any) -> bool:
 
 
 def _select(fn, params, selection):
-  return jax.tree.map(
-      lambda leaf, selected: fn(leaf) if selected else optax.MaskedNode(),
-      params, selection)
-
-
-def _default_mask(params):
-  return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
-
-
-def _empty_mask(params):
-  return jax.tree.map(lambda _: False, params)
-
-
-def _resolve_mask(mask, params, name, default):
-  """A tree of Python bools with the structure of ``params``."""
-  tree = default(params) if mask is None else (
-      mask(params) if callable(mask) else mask)
-  try:
-    return jax.tree.map(
-        lambda selected, subtree: jax.tree.map(lambda _: selected, subtree),
-        tree, params)
-  except ValueError as error:
-    raise ValueError(
-        f'laperm: {name} does not match the structure of params (it must '
-        f'be the same tree, or a prefix of it): {error}') from error
+  leaves, treedef = jax.tree.flatten(params)
+  return treedef.unflatten([
+      fn(leaf) if selected else optax.MaskedNode()
+      for leaf, selected in zip(leaves, selection)])
 
 
 def _check_sync_period(sync_period) -> None:
@@ -349,8 +329,7 @@ def _check_sync_period(sync_period) -> None:
 def _check_leaves(params, permuted, reset) -> None:
   """Raises a ValueError naming the first selected leaf LaPerm cannot take."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, leaf), is_permuted, is_reset in zip(
-      flat, jax.tree.leaves(permuted), jax.tree.leaves(reset)):
+  for (path, leaf), is_permuted, is_reset in zip(flat, permuted, reset):
     name = jax.tree_util.keystr(path)
     if is_permuted and is_reset:
       raise ValueError(

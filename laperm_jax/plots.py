@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from laperm_jax import _analysis
-from laperm_jax import _initializers
+from laperm_jax import _masks
 from laperm_jax import _weight_vectors
 
 PathLike = Union[str, os.PathLike]
@@ -76,7 +76,7 @@ def plot_weight_profiles(
   if max_vectors < 1:
     raise ValueError(f'max_vectors must be >= 1, got {max_vectors}.')
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  selected = _initializers._resolve_mask(mask, params, 'mask')  # pylint: disable=protected-access
+  selected = _masks.selected_leaves(mask, params, 'mask')
   panels = [(jax.tree_util.keystr(path_), leaf)
             for (path_, leaf), is_selected in zip(flat, selected)
             if is_selected]
