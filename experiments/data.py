@@ -1,0 +1,236 @@
+"""Image classification data: one interface, three sources.
+
+``load(spec)`` returns a :class:`Dataset` with train, validation and test
+splits of NHWC ``uint8`` images and ``int32`` labels. ``spec`` names the
+source:
+
+- ``digits``: scikit-learn's 8x8 digits (1797 images, shipped inside the
+  package: no network, no system package). The embedded default.
+- ``idx:DIR``: a directory of MNIST-format IDX ``.gz`` files, e.g. Debian's
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
+- ``mnist``, ``fashion_mnist``, ``cifar10`` (or ``tfds:NAME``): a
+  tensorflow-datasets dataset prepared as ``array_record`` under
+  ``data_dir``, read with ``tfds.data_source`` (no TensorFlow needed).
+
+A source that is not available raises :class:`DataUnavailableError` saying
+how to get it; nothing falls back to another dataset. The validation split
+is held out from the training data (a seeded draw), so best weights are
+picked without looking at the test set.
+"""
+
+import dataclasses
+import gzip
+import pathlib
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+EMBEDDED = 'digits'
+TFDS_NAMES = ('mnist', 'fashion_mnist', 'cifar10')
+IDX_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
+# Magic numbers of IDX files: unsigned bytes, with 3 (images) or 1 (labels)
+# dimensions.
+_IDX_IMAGES, _IDX_LABELS = 0x0803, 0x0801
+
+
+class DataUnavailableError(RuntimeError):
+  """The requested dataset is not on this machine; the message says how."""
+
+
+class Split(NamedTuple):
+  """Images ``(n, height, width, channels)`` and their ``int32`` labels."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A classification dataset with a validation split held out of train.
+
+  Attributes:
+    name: The spec it was loaded from.
+    train: The training split (without the validation examples).
+    validation: Held out from the training data; picks the best weights.
+    test: The test split, for the final number only.
+    num_classes: Number of classes.
+    pixel_max: The largest possible pixel value (255; 16 for digits).
+  """
+
+  name: str
+  train: Split
+  validation: Split
+  test: Split
+  num_classes: int
+  pixel_max: float
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.train.images.shape[1:]
+
+
+def load(spec: str, *, data_dir: Optional[str] = None,
+         validation_size: int = 5000, seed: int = 0) -> Dataset:
+  """Loads a dataset and holds out a validation split from its training data.
+
+  Args:
+    spec: ``digits``, ``idx:DIR``, or a TFDS name (``mnist``,
+      ``fashion_mnist``, ``cifar10``, optionally as ``tfds:NAME``).
+    data_dir: Where TFDS data is prepared (TFDS's default when None).
+    validation_size: Training examples held out for validation.
+    seed: Seed of the validation draw (and of the digits train/test split).
+
+  Returns:
+    The :class:`Dataset`.
+
+  Raises:
+    DataUnavailableError: The data is not on this machine.
+    ValueError: Unknown spec or a validation split too large.
+  """
+  if spec == EMBEDDED:
+    train, test, pixel_max = _load_digits(seed)
+  elif spec.startswith('idx:'):
+    train, test, pixel_max = _load_idx(pathlib.Path(spec[len('idx:'):]))
+  elif spec.removeprefix('tfds:') in TFDS_NAMES or spec.startswith('tfds:'):
+    train, test, pixel_max = _load_tfds(spec.removeprefix('tfds:'), data_dir)
+  else:
+    raise ValueError(
+        f'Unknown dataset {spec!r}: use {EMBEDDED!r} (embedded), '
+        f'"idx:DIR" (MNIST-format IDX .gz files), or one of {TFDS_NAMES} '
+        '(prepared tensorflow-datasets data).')
+  if not 0 < validation_size < len(train.labels):
+    raise ValueError(
+        f'validation_size {validation_size} must be in (0, '
+        f'{len(train.labels)}) for {spec}.')
+  order = np.random.default_rng(seed).permutation(len(train.labels))
+  held_out, kept = order[:validation_size], np.sort(order[validation_size:])
+  return Dataset(
+      name=spec,
+      train=Split(train.images[kept], train.labels[kept]),
+      validation=Split(train.images[held_out], train.labels[held_out]),
+      test=test,
+      num_classes=int(max(train.labels.max(), test.labels.max())) + 1,
+      pixel_max=pixel_max,
+  )
+
+
+def take(dataset: Dataset, max_examples: int) -> Dataset:
+  """The first ``max_examples`` of every split (for smoke runs)."""
+  def head(split):
+    return Split(split.images[:max_examples], split.labels[:max_examples])
+
+  return dataclasses.replace(dataset, train=head(dataset.train),
+                             validation=head(dataset.validation),
+                             test=head(dataset.test))
+
+
+def normalize(dataset: Dataset, method: str) -> dict[str, Split]:
+  """Float32 splits normalized as the paper does, with training statistics.
+
+  Args:
+    dataset: A dataset of integer pixels.
+    method: ``zscore``: subtract the training mean and divide by the
+      training standard deviation, per channel (MNIST, Section 5.1; CIFAR-10,
+      A.5.3). ``pixel_mean``: scale to [0, 1] and subtract the mean training
+      image, per pixel (ResNet, Section 5.4). ``scale``: to [0, 1] only.
+
+  Returns:
+    ``{'train': ..., 'validation': ..., 'test': ...}`` with float32 images.
+  """
+  train = dataset.train.images.astype(np.float32)
+  if method == 'zscore':
+    mean = train.mean(axis=(0, 1, 2))
+    scale = train.std(axis=(0, 1, 2))
+  elif method == 'pixel_mean':
+    mean, scale = train.mean(axis=0), np.float32(dataset.pixel_max)
+  elif method == 'scale':
+    mean, scale = np.float32(0.0), np.float32(dataset.pixel_max)
+  else:
+    raise ValueError(f'Unknown normalization {method!r}; use zscore, '
+                     'pixel_mean or scale.')
+  return {
+      name: Split(((split.images - mean) / scale).astype(np.float32),
+                  split.labels)
+      for name, split in (('train', dataset.train),
+                          ('validation', dataset.validation),
+                          ('test', dataset.test))
+  }
+
+
+def _load_digits(seed: int) -> tuple[Split, Split, float]:
+  """scikit-learn's digits with a fixed, stratified 1497/300 train/test split."""
+  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+  images, labels = datasets.load_digits(return_X_y=True)
+  images = images.reshape(-1, 8, 8, 1).astype(np.uint8)
+  train_images, test_images, train_labels, test_labels = (
+      model_selection.train_test_split(images, labels.astype(np.int32),
+                                       test_size=300, random_state=seed,
+                                       stratify=labels))
+  return (Split(train_images, train_labels), Split(test_images, test_labels),
+          16.0)
+
+
+def read_idx(path: pathlib.Path) -> np.ndarray:
+  """Reads one gzipped IDX file of unsigned bytes (MNIST format)."""
+  with gzip.open(path, 'rb') as f:
+    content = f.read()
+  magic = int.from_bytes(content[:4], 'big')
+  if magic not in (_IDX_IMAGES, _IDX_LABELS):
+    raise ValueError(f'{path} is not an IDX file of unsigned bytes (magic '
+                     f'{magic:#06x}).')
+  ndim = magic & 0xFF
+  shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], 'big')
+                for i in range(ndim))
+  data = np.frombuffer(content, np.uint8, offset=4 + 4 * ndim)
+  if data.size != np.prod(shape):
+    raise ValueError(f'{path} holds {data.size} bytes of data; its header '
+                     f'says {shape}.')
+  return data.reshape(shape)
+
+
+def _load_idx(directory: pathlib.Path) -> tuple[Split, Split, float]:
+  missing = [name for files in IDX_FILES.values() for name in files
+             if not (directory / name).is_file()]
+  if missing:
+    raise DataUnavailableError(
+        f'{directory} lacks the MNIST-format files {missing}. On Debian or '
+        'Ubuntu, `apt-get install dataset-fashion-mnist` puts Fashion-MNIST '
+        'in /usr/share/datasets/fashion-mnist; or copy the four IDX .gz '
+        'files of MNIST there.')
+  splits = []
+  for images_file, labels_file in IDX_FILES.values():
+    images = read_idx(directory / images_file)[..., None]
+    labels = read_idx(directory / labels_file).astype(np.int32)
+    if len(images) != len(labels):
+      raise ValueError(f'{directory / images_file} holds {len(images)} '
+                       f'images but {labels_file} {len(labels)} labels.')
+    splits.append(Split(images, labels))
+  return splits[0], splits[1], 255.0
+
+
+def _load_tfds(name: str, data_dir: Optional[str]) -> tuple[Split, Split,
+                                                             float]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Without network, reading an unprepared dataset retries DNS for minutes
+  # before failing: check for prepared data first.
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DataUnavailableError(
+        f'tensorflow-datasets has no prepared {name!r} in {builder.data_dir}. '
+        f'Prepare it where there is network (`tfds build {name} '
+        '--file_format=array_record`, or `tfds.data_source(...)` once), then '
+        'pass --data-dir; or run on the embedded set with --dataset digits, '
+        'or on local IDX files with --dataset idx:DIR.')
+  sources = tfds.data_source(name, data_dir=data_dir)
+  splits = []
+  for split in ('train', 'test'):
+    source = sources[split]
+    examples = source.__getitems__(range(len(source)))
+    splits.append(Split(
+        np.stack([example['image'] for example in examples]).astype(np.uint8),
+        np.array([example['label'] for example in examples], np.int32)))
+  return splits[0], splits[1], 255.0
+

@@ -1,0 +1,248 @@
+"""The networks of the paper as Flax Linen modules.
+
+Every module takes NHWC images and a ``train`` flag (dropout, BatchNorm), and
+names its output layer ``head``: the training loop leaves that layer out of
+the L2 penalty, as the paper regularizes hidden layers only. Layer sizes
+follow the paper (see ``DESIGN.md``); input sizes adapt to the dataset
+(28x28x1 MNIST, 32x32x3 CIFAR-10, 8x8x1 digits), as noted per model.
+"""
+
+import functools
+from typing import Sequence
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# The conv nets (Section 5) initialize kernels and biases He-uniform. The A.3
+# MLP uses "uniform random weights as introduced in [14]" (He et al. 2015),
+# the same He-uniform kernels, with zero biases.
+he_uniform = nn.initializers.he_uniform()
+
+
+def he_uniform_bias(key: jax.Array, shape: Sequence[int],
+                    dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """He-uniform for a bias, as Keras computes it (fan-in = its length).
+
+  ``jax.nn.initializers.he_uniform`` needs a fan-in axis, which a 1-D bias
+  lacks; the authors' Keras code uses the bias' own length.
+  """
+  limit = jnp.sqrt(6.0 / shape[-1])
+  return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+ConvHe = functools.partial(nn.Conv, kernel_init=he_uniform,
+                           bias_init=he_uniform_bias)
+DenseHe = functools.partial(nn.Dense, kernel_init=he_uniform,
+                            bias_init=he_uniform_bias)
+
+
+def _flatten(x: jax.Array) -> jax.Array:
+  return x.reshape(x.shape[0], -1)
+
+
+class MLP(nn.Module):
+  """The A.3 network: 784-100-100-10 ReLU, with optional dropout.
+
+  Attributes:
+    hidden: Units of the hidden layers.
+    num_classes: Units of the output layer.
+    dropout_rates: Dropout after each hidden layer (the paper's 0.4, 0.3), or
+      zeros for none.
+  """
+
+  hidden: Sequence[int] = (100, 100)
+  num_classes: int = 10
+  dropout_rates: Sequence[float] = (0.0, 0.0)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = _flatten(x)
+    for i, (units, rate) in enumerate(zip(self.hidden, self.dropout_rates)):
+      x = nn.relu(nn.Dense(units, kernel_init=he_uniform,
+                           name=f'hidden{i + 1}')(x))
+      x = nn.Dropout(rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, kernel_init=he_uniform, name='head')(x)
+
+
+class BiasFreeMLP(nn.Module):
+  """F1 and F2 of Section 5.5: dense ReLU layers without biases.
+
+  Their weights are set to 0 or one shared value before training, so the
+  initializer here only fixes shapes.
+
+  Attributes:
+    hidden: Units of the hidden layers: ``()`` for F1, ``(128, 64)`` for F2.
+    num_classes: Units of the output layer.
+  """
+
+  hidden: Sequence[int] = ()
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No dropout or BatchNorm.
+    x = _flatten(x)
+    for i, units in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(units, use_bias=False, kernel_init=he_uniform,
+                           name=f'hidden{i + 1}')(x))
+    return nn.Dense(self.num_classes, use_bias=False, kernel_init=he_uniform,
+                    name='head')(x)
+
+
+class Conv7(nn.Module):
+  """The MNIST network of Section 5.1 (no BatchNorm, dropout 0.4).
+
+  conv32x3, conv32x3, conv32x5/s2, drop, conv64x3, conv64x3, conv64x5/s2,
+  drop, conv128 over the remaining map, flatten, drop, dense10. The 3x3 convs
+  pad 'VALID' as in the paper on 28x28 inputs; on smaller inputs (8x8 digits)
+  they pad 'SAME' so the map does not vanish. The last conv covers the whole
+  remaining map (4x4 on MNIST), acting as a dense layer over it.
+
+  Attributes:
+    num_classes: Units of the output layer.
+    dropout_rate: Dropout after each block and before the output layer.
+  """
+
+  num_classes: int = 10
+  dropout_rate: float = 0.4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    padding = 'VALID' if x.shape[1] >= 28 else 'SAME'
+    for filters in (32, 64):
+      x = nn.relu(ConvHe(filters, (3, 3), padding=padding)(x))
+      x = nn.relu(ConvHe(filters, (3, 3), padding=padding)(x))
+      x = nn.relu(ConvHe(filters, (5, 5), strides=2, padding='SAME')(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(ConvHe(128, x.shape[1:3], padding='VALID')(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(_flatten(x))
+    return DenseHe(self.num_classes, name='head')(x)
+
+
+class VGG(nn.Module):
+  """Conv2, Conv4 and Conv13 of Section 5.2: conv-BN-ReLU stages, max pools.
+
+  Each stage is a list of 3x3 'SAME' convs with BatchNorm, then a 2x2 max
+  pool and dropout; then dense ReLU layers with dropout, and the output
+  layer. A pool is skipped once the map is 1x1 (Conv13 pools five times,
+  which 8x8 digits cannot take).
+
+  Attributes:
+    stages: Filters of each conv, per stage.
+    dense: Units of the hidden dense layers.
+    num_classes: Units of the output layer.
+    conv_dropout: Dropout after each stage's pool.
+    dense_dropout: Dropout after each hidden dense layer.
+  """
+
+  stages: Sequence[Sequence[int]]
+  dense: Sequence[int]
+  num_classes: int = 10
+  conv_dropout: float = 0.25
+  dense_dropout: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for stage in self.stages:
+      for filters in stage:
+        x = ConvHe(filters, (3, 3), padding='SAME')(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+      if x.shape[1] > 1:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
+    x = _flatten(x)
+    for units in self.dense:
+      x = nn.relu(DenseHe(units)(x))
+      x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
+    return DenseHe(self.num_classes, name='head')(x)
+
+
+class ResidualBlock(nn.Module):
+  """ResNet v1 basic block: conv-BN-ReLU, conv-BN, add, ReLU.
+
+  Attributes:
+    filters: Output channels.
+    strides: Stride of the first conv (2 at the start of a stage).
+  """
+
+  filters: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train)
+    y = ConvHe(self.filters, (3, 3), strides=self.strides, padding='SAME')(x)
+    y = nn.relu(norm()(y))
+    y = ConvHe(self.filters, (3, 3), padding='SAME')(y)
+    y = norm()(y)
+    if x.shape != y.shape:
+      # Projection shortcut (1x1 conv), as in the Keras CIFAR ResNet v1.
+      x = ConvHe(self.filters, (1, 1), strides=self.strides)(x)
+    return nn.relu(x + y)
+
+
+class CifarResNet(nn.Module):
+  """CIFAR ResNet v1 of depth ``6n + 2`` (Section 5.4: n = 8, depth 50).
+
+  Attributes:
+    blocks_per_stage: ``n``, blocks in each of the three stages.
+    filters: Channels of the three stages.
+    num_classes: Units of the output layer.
+  """
+
+  blocks_per_stage: int = 8
+  filters: Sequence[int] = (16, 32, 64)
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = ConvHe(self.filters[0], (3, 3), padding='SAME')(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    for stage, filters in enumerate(self.filters):
+      for block in range(self.blocks_per_stage):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = ResidualBlock(filters, strides)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return DenseHe(self.num_classes, name='head')(x)
+
+
+def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """Builds the model a config names.
+
+  Args:
+    config: The ``model`` section of an experiment config: ``name`` (``mlp``,
+      ``f1``, ``f2``, ``conv7``, ``conv2``, ``conv4``, ``conv13``,
+      ``resnet``) and the model's options.
+    num_classes: Classes of the dataset.
+
+  Returns:
+    An unbound Flax module.
+  """
+  name = config.name
+  if name == 'mlp':
+    return MLP(num_classes=num_classes,
+               dropout_rates=tuple(config.dropout_rates))
+  if name == 'f1':
+    return BiasFreeMLP(hidden=(), num_classes=num_classes)
+  if name == 'f2':
+    return BiasFreeMLP(hidden=(128, 64), num_classes=num_classes)
+  if name == 'conv7':
+    return Conv7(num_classes=num_classes)
+  if name in _VGG_STAGES:
+    stages, dense = _VGG_STAGES[name]
+    return VGG(stages=stages, dense=dense, num_classes=num_classes)
+  if name == 'resnet':
+    return CifarResNet(blocks_per_stage=config.blocks_per_stage,
+                       num_classes=num_classes)
+  raise ValueError(f'Unknown model {name!r}; known: mlp, f1, f2, conv7, '
+                   f'{", ".join(_VGG_STAGES)}, resnet.')
+
+
+_VGG_STAGES = {
+    'conv2': (((64, 64),), (256, 256)),
+    'conv4': (((64, 64), (128, 128)), (256, 256)),
+    'conv13': (((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
+                (512, 512, 512)), (512,)),
+}

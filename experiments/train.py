@@ -1,0 +1,377 @@
+"""Training and evaluation: a jitted epoch, checkpoints, best-weights tracking.
+
+One epoch is one jit-compiled call: the training split sits on the device,
+and a ``jax.lax.scan`` draws the shuffled batches, augments them and takes
+the train steps, so there is no host round trip per step. After every
+``eval_every`` epochs the model is evaluated on the validation split with
+the weights its optimizer is judged by (``optimizers.eval_params``: for
+LaPerm, exactly synchronized weights); the best such weights are kept and
+scored on the test split at the end. An orbax checkpoint is written every
+``checkpoint_every`` epochs (default 1) and at the end; a resumed run
+continues bit for bit, since every random draw comes from the seed and the
+epoch number.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+from flax import linen as nn
+from flax.training import train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+import laperm_jax as lp
+from experiments import augment
+from experiments import data
+from experiments import models
+from experiments import monitor
+from experiments import optimizers
+
+
+class TrainState(train_state.TrainState):
+  """Flax's train state plus BatchNorm statistics (``{}`` without BN)."""
+
+  batch_stats: Any
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What one training run produced.
+
+  Attributes:
+    name: The run's name.
+    history: One dict of metrics per epoch.
+    best_epoch: The epoch of the best validation accuracy.
+    best_val_accuracy: That accuracy.
+    test_accuracy: Test accuracy of the best weights.
+    final_test_accuracy: Test accuracy of the last epoch's weights.
+    seconds: Wall time of the run, compilation included.
+    monitor: The A.3 monitor entries (empty unless ``config.monitor``).
+    state: The final train state.
+    best_params: The best weights (as evaluated: synchronized for LaPerm).
+  """
+
+  name: str
+  history: list[dict[str, float]]
+  best_epoch: int
+  best_val_accuracy: float
+  test_accuracy: float
+  final_test_accuracy: float
+  seconds: float
+  monitor: list[dict[str, Any]]
+  state: TrainState
+  best_params: Any
+
+
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+  if batch_stats:
+    return {'params': params, 'batch_stats': batch_stats}
+  return {'params': params}
+
+
+def l2_penalty(params: Any) -> jax.Array:
+  """Keras' L2: the sum of squared kernel weights, output layer excluded."""
+  def penalty(path, leaf):
+    names = [str(getattr(key, 'key', '')) for key in path]
+    if names[-1] != 'kernel' or 'head' in names:
+      return jnp.zeros([])
+    return jnp.sum(jnp.square(leaf))
+
+  return sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(penalty,
+                                                              params)))
+
+
+def initial_params(config: ml_collections.ConfigDict, key: jax.Array,
+                   params: Any) -> Any:
+  """The kernels' initial weights: as initialized, pruned, or shared-value.
+
+  Args:
+    config: The ``init`` section: ``kind`` is ``random`` (unchanged),
+      ``prune`` (zero ``prune_rate`` of each kernel, the input layer at most
+      ``first_layer_max``, Section 5.4; ``size_aware`` prunes large kernels
+      more, A.5.0) or ``shared_value`` (every kernel weight 0 or ``value``,
+      a fraction ``keep`` of them nonzero, Section 5.5; ``size_aware`` spreads
+      ``keep`` over the kernels by size).
+    key: A PRNG key.
+    params: The model's freshly initialized params.
+
+  Returns:
+    The params to start from.
+  """
+  if config.kind == 'random':
+    return params
+  if config.kind == 'prune':
+    first_layer = ''.join(f"['{name}']"
+                          for name in monitor.first_kernel_path(params))
+    return lp.random_prune(
+        key, params, config.prune_rate, size_aware=config.size_aware,
+        first_layer=first_layer, first_layer_max=config.first_layer_max).params
+  if config.kind == 'shared_value':
+    keep = config.keep
+    if config.size_aware:
+      keep = jax.tree.map(lambda rate: 1.0 - rate,
+                          lp.size_aware_rates(params, 1.0 - config.keep))
+    return lp.shared_value(key, params, config.value, keep)
+  raise ValueError(f'Unknown init kind {config.kind!r}; use random, prune or '
+                   'shared_value.')
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
+                       image_shape: tuple[int, ...],
+                       steps_per_epoch: int) -> TrainState:
+  """Initializes the model, its initial weights and the optimizer."""
+  init_key, weights_key = jax.random.split(jax.random.key(config.seed))
+  # Jitted: eager initialization compiles every op on its own, which costs
+  # seconds on CPU.
+  variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape)))
+  params = initial_params(config.init, weights_key, variables['params'])
+  tx = optimizers.create(config.optimizer, steps_per_epoch)
+  state = TrainState.create(
+      apply_fn=model.apply,
+      params=optimizers.wrap_params(config.optimizer, params), tx=tx,
+      batch_stats=variables.get('batch_stats', {}))
+  # An int32 array from the start, as a restored checkpoint holds it.
+  return state.replace(step=jnp.zeros([], jnp.int32))
+
+
+def make_train_epoch(config: ml_collections.ConfigDict, model: nn.Module,
+                     steps_per_epoch: int) -> Callable[..., Any]:
+  """The jitted ``(state, images, labels, key) -> (state, metrics)`` epoch."""
+  augment_config = config.augment if augment.is_enabled(
+      config.augment) else None
+
+  def train_step(state, images, labels, key):
+    augment_key, dropout_key = jax.random.split(key)
+    if augment_config is not None:
+      images = augment.augment_batch(augment_key, images, augment_config)
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          _variables(params, state.batch_stats), images, train=True,
+          rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels).mean()
+      return loss + config.l2 * l2_penalty(params), (loss, logits, updates)
+
+    grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(
+        optimizers.train_params(state.params))
+    state = state.apply_gradients(
+        grads=grads,
+        batch_stats=updates.get('batch_stats', state.batch_stats))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return state, {'train_loss': loss, 'train_accuracy': accuracy}
+
+  def train_epoch(state, images, labels, key):
+    order_key, steps_key = jax.random.split(key)
+    order = jax.random.permutation(order_key, images.shape[0])
+    order = order[:steps_per_epoch * config.batch_size].reshape(
+        steps_per_epoch, config.batch_size)
+
+    def body(state, batch):
+      indices, step_key = batch
+      return train_step(state, images[indices], labels[indices], step_key)
+
+    state, metrics = lax.scan(
+        body, state, (order, jax.random.split(steps_key, steps_per_epoch)))
+    return state, jax.tree.map(jnp.mean, metrics)
+
+  return jax.jit(train_epoch)
+
+
+def make_evaluate(model: nn.Module, batch_size: int) -> Callable[..., Any]:
+  """The jitted ``(params, batch_stats, images, labels) -> (loss, accuracy)``.
+
+  Batches are scanned over on device; the last one is padded and the
+  padding weighted out.
+  """
+  @jax.jit
+  def evaluate(params, batch_stats, images, labels):
+    count = images.shape[0]
+    size = min(batch_size, count)
+    padding = -count % size
+    weights = (jnp.arange(count + padding) < count).astype(jnp.float32)
+    images = jnp.pad(images, [(0, padding)] + [(0, 0)] * (images.ndim - 1))
+    labels = jnp.pad(labels, (0, padding))
+    batches = jax.tree.map(lambda x: x.reshape(-1, size, *x.shape[1:]),
+                           (images, labels, weights))
+
+    def body(totals, batch):
+      x, y, w = batch
+      logits = model.apply(_variables(params, batch_stats), x, train=False)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+      return (totals[0] + jnp.sum(loss * w),
+              totals[1] + jnp.sum(correct * w)), None
+
+    (loss, correct), _ = lax.scan(body, (jnp.zeros([]), jnp.zeros([])),
+                                  batches)
+    return loss / count, correct / count
+
+  return evaluate
+
+
+@dataclasses.dataclass
+class _Progress:
+  """What a run tracks besides the train state; all of it is checkpointed."""
+
+  epoch: int
+  history: list[dict[str, float]]
+  best_epoch: int
+  best_val_accuracy: float
+  monitor: list[dict[str, Any]]
+
+  def to_json(self) -> dict[str, Any]:
+    return dict(dataclasses.asdict(self),
+                monitor=monitor.to_json(self.monitor))
+
+  @classmethod
+  def from_json(cls, values: dict[str, Any]) -> '_Progress':
+    return cls(**dict(values, monitor=monitor.from_json(values['monitor'])))
+
+
+def _checkpoint_manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      (workdir / 'checkpoints').absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       splits: dict[str, data.Split], num_classes: int,
+                       workdir: pathlib.Path, *, name: str = 'run',
+                       resume: bool = False) -> RunResult:
+  """Trains one run, evaluates and checkpoints it, writes its metrics.
+
+  Args:
+    config: The run's config (see ``experiments/configs/base.py``).
+    splits: Normalized ``train``, ``validation`` and ``test`` splits.
+    num_classes: Classes of the dataset.
+    workdir: Where the run writes ``checkpoints/`` and ``metrics.json``.
+    name: The run's name, shown on the progress bar.
+    resume: Continue from the latest checkpoint in ``workdir`` if any.
+
+  Returns:
+    The :class:`RunResult`.
+  """
+  start = time.perf_counter()
+  workdir.mkdir(parents=True, exist_ok=True)
+  train = jax.device_put(splits['train'])
+  validation = jax.device_put(splits['validation'])
+  steps_per_epoch = len(splits['train'].labels) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the '
+                     f'{len(splits["train"].labels)} training examples.')
+  model = models.create(config.model, num_classes)
+  state = create_train_state(config, model, splits['train'].images.shape[1:],
+                             steps_per_epoch)
+  train_epoch = make_train_epoch(config, model, steps_per_epoch)
+  evaluate = make_evaluate(model, config.eval_batch_size)
+
+  eval_params = jax.jit(optimizers.eval_params)
+
+  def eval_weights(state):
+    return eval_params(state.params, state.opt_state)
+
+  kernel_path = monitor.first_kernel_path(eval_weights(state))
+  best_params, best_batch_stats = eval_weights(state), state.batch_stats
+  previous_kernel = monitor.get_leaf(best_params, kernel_path)
+  progress = _Progress(epoch=0, history=[], best_epoch=0,
+                       best_val_accuracy=-1.0, monitor=[])
+
+  def tracked():
+    return {'state': state, 'best_params': best_params,
+            'best_batch_stats': best_batch_stats,
+            'previous_kernel': previous_kernel}
+
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  with _checkpoint_manager(workdir) as manager:
+    if resume and manager.latest_step() is not None:
+      restored = manager.restore(
+          manager.latest_step(),
+          args=ocp.args.Composite(
+              arrays=ocp.args.StandardRestore(
+                  jax.tree.map(ocp.utils.to_shape_dtype_struct, tracked())),
+              progress=ocp.args.JsonRestore()))
+      state = restored.arrays['state']
+      best_params = restored.arrays['best_params']
+      best_batch_stats = restored.arrays['best_batch_stats']
+      previous_kernel = restored.arrays['previous_kernel']
+      progress = _Progress.from_json(restored.progress)
+    elif manager.latest_step() is not None:
+      raise FileExistsError(
+          f'{workdir} already holds checkpoints: pass resume=True (--resume) '
+          'to continue them, or another output directory.')
+    elif config.monitor:
+      val_loss, _ = evaluate(best_params, state.batch_stats, *validation)
+      progress.monitor.append(monitor.record(0, previous_kernel,
+                                             previous_kernel, val_loss))
+
+    bar = tqdm.trange(progress.epoch, config.epochs, desc=name,
+                      initial=progress.epoch, total=config.epochs,
+                      disable=not config.progress, unit='epoch')
+    for epoch in bar:
+      state, metrics = train_epoch(state, *train,
+                                   jax.random.fold_in(base_key, epoch))
+      record = {'epoch': epoch + 1,
+                **{key: float(value) for key, value in metrics.items()}}
+      if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        params = eval_weights(state)
+        val_loss, val_accuracy = evaluate(params, state.batch_stats,
+                                          *validation)
+        record.update(val_loss=float(val_loss),
+                      val_accuracy=float(val_accuracy))
+        if record['val_accuracy'] > progress.best_val_accuracy:
+          progress.best_epoch = epoch + 1
+          progress.best_val_accuracy = record['val_accuracy']
+          best_params, best_batch_stats = params, state.batch_stats
+        if config.monitor:
+          kernel = monitor.get_leaf(params, kernel_path)
+          progress.monitor.append(monitor.record(epoch + 1, kernel,
+                                                 previous_kernel, val_loss))
+          previous_kernel = kernel
+      progress.history.append(record)
+      progress.epoch = epoch + 1
+      bar.set_postfix({key: f'{value:.4f}' for key, value in record.items()
+                       if key != 'epoch'})
+      if (epoch + 1) % config.checkpoint_every == 0 or (
+          epoch + 1 == config.epochs):
+        manager.save(epoch + 1, args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave(tracked()),
+            progress=ocp.args.JsonSave(progress.to_json())))
+
+  test = jax.device_put(splits['test'])
+  _, test_accuracy = evaluate(best_params, best_batch_stats, *test)
+  _, final_test_accuracy = evaluate(eval_weights(state), state.batch_stats,
+                                    *test)
+  result = RunResult(
+      name=name, history=progress.history, best_epoch=progress.best_epoch,
+      best_val_accuracy=progress.best_val_accuracy,
+      test_accuracy=float(test_accuracy),
+      final_test_accuracy=float(final_test_accuracy),
+      seconds=time.perf_counter() - start, monitor=progress.monitor,
+      state=state, best_params=best_params)
+  write_metrics(result, config, workdir / 'metrics.json')
+  return result
+
+
+def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
+                  path: pathlib.Path) -> None:
+  """Writes a run's config, per-epoch history and final numbers as JSON."""
+  path.write_text(json.dumps({
+      'name': result.name,
+      'config': json.loads(config.to_json()),
+      'history': result.history,
+      'best_epoch': result.best_epoch,
+      'best_val_accuracy': result.best_val_accuracy,
+      'test_accuracy_of_best': result.test_accuracy,
+      'final_test_accuracy': result.final_test_accuracy,
+      'seconds': result.seconds,
+      'monitor': monitor.to_json(result.monitor),
+  }, indent=1))

@@ -1,0 +1,94 @@
+"""Every preset builds and trains a few steps on digits (``--quick``).
+
+Each run compiles its own train step, which on CPU takes from seconds (the
+MLPs) to minutes (Conv13). The default suite runs one preset per model
+family that no other test trains; set ``LAPERM_SLOW_TESTS=1`` to run every
+preset (about 7 minutes with ``-n 2`` on 2 CPU cores).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import cli
+from experiments import configs
+
+# One run per preset keeps the suite fast (each run compiles its own train
+# step); the run picked is the one the preset exists for. ResNet presets run
+# with n = 1 (depth 8): same blocks, BatchNorm, pruning and resets, less to
+# compile.
+RUNS = {
+    'a3-all': 'adam-dropout', 'conv7': 'lookahead', 'prune-sweep': 'pruned-50',
+    'gamma-beta': 'laperm-gamma-beta-reset', 'demo': 'laperm-weight-agnostic',
+    'conv13': 'adam',
+}
+SMALLER = {'resnet50': ['model.blocks_per_stage=1'],
+           'prune-sweep': ['model.blocks_per_stage=1'],
+           'gamma-beta': ['model.blocks_per_stage=1']}
+
+
+FAST = ('demo', 'a3-all', 'a3-sgd', 'f1', 'f2-size-aware')
+RUN_ALL = bool(os.environ.get('LAPERM_SLOW_TESTS'))
+
+
+@pytest.mark.parametrize('preset', [
+    pytest.param(name, marks=pytest.mark.skipif(
+        name not in FAST and not RUN_ALL, reason='slow to compile on CPU; '
+        'set LAPERM_SLOW_TESTS=1'))
+    for name in configs.names()])
+def test_preset_runs_quick_on_digits(preset, tmp_path, capsys):
+  preset_runs = configs.get(preset).runs
+  run = RUNS.get(preset, next(iter(preset_runs)))
+  argv = [preset, '--quick', '--dataset', 'digits', '--no-progress',
+          '--out', str(tmp_path), '--runs', run]
+  for override in SMALLER.get(preset, []):
+    argv += ['--set', override]
+  results = cli.run(preset, cli.parser().parse_args(argv))
+  assert [result.name for result in results] == [run]
+  history = results[0].history
+  assert [h['epoch'] for h in history] == [1, 2]
+  assert all(np.isfinite(h['train_loss']) for h in history)
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert 0.0 <= summary['runs'][run]['test_accuracy_of_best'] <= 1.0
+  assert (tmp_path / run / 'metrics.json').is_file()
+  assert run in capsys.readouterr().out  # The final table.
+
+
+def test_quick_and_prune_overrides():
+  args = cli.parser().parse_args(['resnet50', '--quick', '--prune', '0.5'])
+  config = cli.run_configs(configs.get('resnet50'), args)['laperm']
+  assert (config.init.kind, config.init.prune_rate) == ('prune', 0.5)
+  assert config.epochs == 2 and config.max_examples == 256
+  assert config.optimizer.sync_period == cli.QUICK_MAX_SYNC_PERIOD
+  args = cli.parser().parse_args(['resnet50', '--prune', '0.5'])
+  config = cli.run_configs(configs.get('resnet50'), args)['laperm']
+  assert config.optimizer.sync_period == 800  # The paper's k when pruned.
+  assert config.dataset == 'cifar10'  # Presets keep their paper dataset.
+
+
+def test_presets_follow_the_paper_table():
+  conv7 = configs.get('conv7').config
+  assert (conv7.batch_size, conv7.epochs, conv7.optimizer.decay_rate) == (
+      50, 45, 0.95)
+  conv4 = configs.get('conv4').config
+  assert (conv4.epochs, conv4.optimizer.decay_rate,
+          conv4.optimizer.decay_epochs, conv4.optimizer.sync_period,
+          conv4.l2) == (125, 0.6, 10, 1000, 1e-4)
+  f1 = configs.get('f1').config
+  assert (f1.batch_size, f1.epochs, f1.optimizer.sync_period,
+          f1.init.value) == (128, 10, 250, 0.08)
+  assert set(configs.get('a3-all').runs) == {'sgd', 'adam', 'adam-dropout',
+                                             'adam-l2'}
+
+
+def test_command_line_reports_unavailable_data(tmp_path):
+  completed = subprocess.run(
+      [sys.executable, '-m', 'experiments', 'f1', '--dataset',
+       f'idx:{tmp_path}', '--out', str(tmp_path / 'out')],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert completed.returncode == 1
+  assert 'apt-get install dataset-fashion-mnist' in completed.stderr

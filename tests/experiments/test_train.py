@@ -1,0 +1,162 @@
+"""The training loop: bitwise resume, LaPerm's exact weights, optimizers."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+import laperm_jax as lp
+from experiments import cli
+from experiments import data
+from experiments import optimizers
+from experiments import train
+from experiments.configs import base
+
+
+def _config(**overrides):
+  config = base.get_config()
+  config.update_from_flattened_dict({
+      'dataset': 'digits', 'validation_size': 100, 'max_examples': 200,
+      'batch_size': 20, 'eval_batch_size': 64, 'epochs': 3,
+      'optimizer.sync_period': 7, 'progress': False, **overrides})
+  return config
+
+
+def _splits(config):
+  splits, num_classes, _ = cli.load_splits(config)
+  return splits, num_classes
+
+
+def _run(config, workdir, **kwargs):
+  splits, num_classes = _splits(config)
+  return train.train_and_evaluate(config, splits, num_classes, workdir,
+                                  **kwargs)
+
+
+@pytest.mark.parametrize('overrides', [
+    # Dropout; 10 steps per epoch against k = 7: epochs end mid-period.
+    {'model.dropout_rates': (0.4, 0.3), 'monitor': True},
+    # BatchNorm, augmentation, gamma-beta reset, pruned initial weights.
+    {'model.name': 'conv2', 'augment.rotation': 15.0, 'augment.shift': 0.1,
+     'augment.horizontal_flip': True, 'optimizer.gamma_beta_reset': True,
+     'init.kind': 'prune', 'init.prune_rate': 0.5, 'epochs': 2},
+], ids=['mlp-dropout', 'conv2-bn-augment'])
+def test_resume_equals_uninterrupted_bitwise(tmp_path, overrides):
+  config = _config(**overrides)
+  uninterrupted = _run(config, tmp_path / 'uninterrupted')
+  stopped = ml_collections.ConfigDict(config.to_dict())
+  stopped.epochs = config.epochs - 1
+  _run(stopped, tmp_path / 'resumed')
+  resumed = _run(config, tmp_path / 'resumed', resume=True)
+  chex.assert_trees_all_equal(resumed.state.params,
+                              uninterrupted.state.params)
+  chex.assert_trees_all_equal(resumed.state.opt_state,
+                              uninterrupted.state.opt_state)
+  chex.assert_trees_all_equal(resumed.state.batch_stats,
+                              uninterrupted.state.batch_stats)
+  chex.assert_trees_all_equal(resumed.best_params, uninterrupted.best_params)
+  assert resumed.history == uninterrupted.history
+  assert len(resumed.monitor) == len(uninterrupted.monitor)
+  for entry, expected in zip(resumed.monitor, uninterrupted.monitor):
+    chex.assert_trees_all_equal(entry, expected)
+
+
+def test_checkpoints_are_not_overwritten_without_resume(tmp_path):
+  config = _config(epochs=1)
+  _run(config, tmp_path)
+  with pytest.raises(FileExistsError, match='resume'):
+    _run(config, tmp_path)
+
+
+def test_laperm_learns_with_exactly_permuted_weights(tmp_path):
+  config = _config(**{'max_examples': 0, 'epochs': 6, 'batch_size': 50,
+                      'optimizer.learning_rate': 3e-3,
+                      'optimizer.sync_period': 20})
+  result = _run(config, tmp_path)
+  initial = train.create_train_state(config, train.models.create(
+      config.model, 10), (8, 8, 1), 1).params
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      result.best_params)[0]:
+    initial_leaf = initial
+    for key in path:
+      initial_leaf = initial_leaf[key.key]
+    if leaf.ndim >= 2:  # Kernels: the same values, reconnected.
+      chex.assert_trees_all_equal(lp.sort_vectors(leaf),
+                                  lp.sort_vectors(initial_leaf))
+      assert not np.array_equal(leaf, initial_leaf)
+  assert result.test_accuracy > 0.8, result.test_accuracy  # Chance: 0.1.
+  metrics = json.loads((tmp_path / 'metrics.json').read_text())
+  assert [h['epoch'] for h in metrics['history']] == list(range(1, 7))
+  assert metrics['best_val_accuracy'] == max(
+      h['val_accuracy'] for h in metrics['history'])
+
+
+def test_lookahead_is_evaluated_on_its_slow_weights(tmp_path):
+  result = _run(_config(**{'optimizer.name': 'lookahead', 'epochs': 1}),
+                tmp_path)
+  params = result.state.params
+  assert isinstance(params, optax.LookaheadParams)
+  chex.assert_trees_all_equal(result.best_params, params.slow)
+
+
+@pytest.mark.parametrize('name', optimizers.NAMES)
+def test_every_optimizer_trains(tmp_path, name):
+  result = _run(_config(**{'optimizer.name': name, 'epochs': 1}), tmp_path)
+  assert np.isfinite(result.history[0]['train_loss'])
+  assert 0.0 <= result.test_accuracy <= 1.0
+
+
+def test_learning_rate_schedules_follow_the_paper():
+  config = base.get_config().optimizer
+  config.learning_rate = 1.0
+  config.schedule = 'exponential'
+  config.decay_rate, config.decay_epochs = 0.6, 10
+  schedule = optimizers.learning_rate(config, steps_per_epoch=5)
+  np.testing.assert_allclose([schedule(49), schedule(50), schedule(100)],
+                             [1.0, 0.6, 0.36], rtol=1e-6)
+  config.schedule = 'piecewise'
+  config.boundaries, config.scales = (10, 20), (0.5, 0.2)
+  schedule = optimizers.learning_rate(config, steps_per_epoch=5)
+  np.testing.assert_allclose([schedule(49), schedule(50), schedule(100)],
+                             [1.0, 0.5, 0.1], rtol=1e-6)
+
+
+def test_l2_penalty_covers_hidden_kernels_only():
+  params = {'hidden1': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)},
+            'head': {'kernel': jnp.ones((3, 4))}}
+  assert float(train.l2_penalty(params)) == 6.0
+
+
+def test_pruned_and_shared_value_initial_weights():
+  config = _config()
+  config.model.name = 'f2'
+  model = train.models.create(config.model, 10)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
+  config.init.kind, config.init.prune_rate = 'prune', 0.5
+  pruned = train.initial_params(config.init, jax.random.key(1), params)
+  zeros = {name: float(jnp.mean(layer['kernel'] == 0))
+           for name, layer in pruned.items()}
+  # The input layer is capped at 20% (A.5.4), even though 'head' sorts first.
+  assert zeros == pytest.approx({'hidden1': 0.2, 'hidden2': 0.5,
+                                 'head': 0.5}, abs=0.01)
+  config.init.kind, config.init.value, config.init.keep = (
+      'shared_value', 0.03, 0.1)
+  config.init.size_aware = True
+  shared = train.initial_params(config.init, jax.random.key(1), params)
+  nonzero = {name: float(jnp.mean(layer['kernel'] != 0))
+             for name, layer in shared.items()}
+  assert all(set(np.unique(layer['kernel']).tolist()) <= {0.0, np.float32(0.03)}
+             for layer in shared.values())
+  # Size-aware: larger kernels keep smaller fractions (on 8x8 inputs the
+  # two hidden kernels both hold 8192 weights).
+  assert nonzero['hidden1'] == nonzero['hidden2'] < nonzero['head']
+
+
+def test_unavailable_dataset_is_an_error_not_a_fallback(tmp_path):
+  with pytest.raises(data.DataUnavailableError):
+    _splits(_config(dataset=f'idx:{tmp_path}'))
