@@ -62,14 +62,19 @@ def init_mlp(key):
   return params
 
 
-def loss_fn(params, x, y):
+def forward(params, x):
   h = x
   for index in range(len(LAYERS) - 1):
     layer = params[f'Dense_{index}']
     h = h @ layer['kernel'] + layer['bias']
     if index < len(LAYERS) - 2:
       h = jax.nn.relu(h)
-  return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+  return h
+
+
+def loss_fn(params, x, y):
+  return optax.softmax_cross_entropy_with_integer_labels(
+      forward(params, x), y).mean()
 
 
 def train(tx, params, data, epochs, seed=0, on_step=None):
@@ -123,13 +128,7 @@ def train(tx, params, data, epochs, seed=0, on_step=None):
 
 
 def _logits(params, x):
-  h = x
-  for index in range(len(LAYERS) - 1):
-    layer = params[f'Dense_{index}']
-    h = h @ layer['kernel'] + layer['bias']
-    if index < len(LAYERS) - 2:
-      h = jax.nn.relu(h)
-  return np.asarray(h)
+  return np.asarray(forward(params, x))
 
 
 def _holds_laperm(opt_state):
