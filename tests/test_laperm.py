@@ -508,3 +508,12 @@ def test_synchronize_with_other_leaf_shape():
   state = lp.laperm(optax.sgd(0.1), 2).init({'w': jnp.ones((3, 2))})
   with pytest.raises(ValueError, match=r"\['w'\] has shape \(2, 3\)"):
     lp.synchronize({'w': jnp.ones((2, 3))}, state)
+
+
+def test_state_adds_one_copy_of_the_permuted_leaves_and_two_counters():
+  params = _params()
+  inner = optax.adam(1e-3)
+  nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+  extra = nbytes(lp.laperm(inner, 5).init(params)) - nbytes(inner.init(params))
+  permuted = {k: v for k, v in params.items() if v.ndim >= 2}
+  assert extra == nbytes(permuted) + 2 * 4
