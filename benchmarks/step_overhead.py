@@ -17,7 +17,6 @@ Run: `python benchmarks/step_overhead.py [--widths 784,2048,2048,10]
 """
 
 import argparse
-import functools
 import resource
 import time
 

@@ -345,7 +345,8 @@ def _check_leaves(params, permuted, reset) -> None:
       raise ValueError(
           f'laperm: leaf {name} is a scalar, which holds no weight vector; '
           'leave it out of mask.')
-    if not isinstance(leaf, jax.core.Tracer) and not np.all(
-        np.isfinite(np.asarray(leaf, np.float64))):
+    # Checked on the device: no host copy of a large kernel.
+    if not isinstance(leaf, jax.core.Tracer) and not bool(
+        jnp.all(jnp.isfinite(leaf))):
       raise ValueError(
           f'laperm: leaf {name} has non-finite initial values.')

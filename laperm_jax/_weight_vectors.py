@@ -49,9 +49,9 @@ def from_vectors(vectors: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 # The sorts below run along the last axis of the transposed `(num_vectors,
-# vector_length)` matrix: XLA's CPU sort is 1.5-2x faster along the minor
-# axis than along axis 0 (measured: benchmarks/sync_cost.py), and on GPU the
-# transposes fold into layouts.
+# vector_length)` matrix: XLA's CPU sort is faster along the minor axis than
+# along axis 0 (benchmarks/sync_cost.py, columns `sort` and `minor`), and on
+# GPU the transposes fold into layouts.
 
 
 def _rows(leaf: jax.Array) -> jax.Array:

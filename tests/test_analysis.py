@@ -48,7 +48,7 @@ def test_weight_statistics_schema_and_values(shape):
   stats = lp.weight_statistics(jnp.asarray(x))
   assert list(stats) == ['min', 'p15', 'p50', 'p85', 'max']
   vectors = _numpy_vectors(x)
-  for name, array in stats.items():
+  for array in stats.values():
     assert array.shape == (vectors.shape[1],) and array.dtype == jnp.float32
   # min and max are entries of the data: exact.
   np.testing.assert_array_equal(stats['min'], vectors.min(axis=0))
