@@ -8,12 +8,18 @@ models of the paper (F2, Conv7, Conv13), times, in one run and interleaved:
 - `minor`: the same sort along the minor axis of the transposed view, the
   layout the sync sorts in (XLA's CPU sort is faster there);
 - `sync`: `laperm_jax.synchronize`, i.e. exactly what the sync branch of the
-  transformation runs (one key-value sort, one scatter, a finiteness check);
+  transformation runs (the stable order of every weight vector, one
+  scatter, a finiteness check); on CPU the order comes from single-operand
+  integer sorts, elsewhere from one key-value sort;
+- `kv sync`: the same sync with the key-value sort on every platform, which
+  is what CPU ran before its integer path;
 - `reference`: the paper's algorithm written in JAX, `argsort(argsort(w))`
-  then a gather of the sorted initial values.
+  then a gather of the sorted initial values;
+- `numpy`: NumPy's `argsort` of the same rows on the host (CPU only), the
+  yardstick of the CPU path.
 
-Prints a table of median times and the ratios sync/sort, sync/minor and
-reference/sync.
+Prints a table of median times and the ratios sync/sort, sync/minor,
+reference/sync, kv/sync and sync/numpy.
 Run: `python benchmarks/sync_cost.py [--quick] [--repeats N]`.
 """
 
@@ -55,6 +61,25 @@ def _reference_sync(params, sorted_init):
   return jax.tree.map(leaf, params, sorted_init)
 
 
+def _key_value_sync(params, opt_state):
+  """The sync with one stable key-value sort per leaf, on any platform."""
+
+  def leaf(param, sorted_values):
+    rows = lp.as_vectors(param).T
+    positions = jax.lax.broadcasted_iota(jnp.int32, rows.shape, 1)
+    _, order = jax.lax.sort((rows, positions), dimension=1, num_keys=1,
+                            is_stable=True)
+    placed = jax.vmap(lambda o, v: jnp.zeros_like(v).at[o].set(
+        v, unique_indices=True))(order, lp.as_vectors(sorted_values).T)
+    return placed.T.reshape(param.shape)
+
+  return jax.tree.map(leaf, params, opt_state.sorted_init)
+
+
+def _numpy_argsort(rows):
+  return [np.argsort(r, axis=1) for r in rows]
+
+
 def _sort(params):
   return jax.tree.map(lambda p: jnp.sort(lp.as_vectors(p), axis=0), params)
 
@@ -88,16 +113,23 @@ def measure(shapes, repeats):
       'sort': jax.jit(_sort),
       'minor': jax.jit(_sort_minor),
       'sync': jax.jit(lp.synchronize),
+      'kv sync': jax.jit(_key_value_sync),
       'reference': jax.jit(_reference_sync),
   }
   args = {'sort': (moved,), 'minor': (moved,), 'sync': (moved, state),
+          'kv sync': (moved, state),
           'reference': (moved, state.sorted_init)}
+  if jax.default_backend() == 'cpu':
+    functions['numpy'] = _numpy_argsort
+    args['numpy'] = ([np.asarray(lp.as_vectors(p).T)
+                      for p in moved.values()],)
   synced = functions['sync'](*args['sync'])
-  reference = functions['reference'](*args['reference'])
   # The reference breaks ties arbitrarily; random normal weights have none,
-  # so both must agree bit for bit.
-  for name in synced:
-    np.testing.assert_array_equal(synced[name], reference[name])
+  # so all three must agree bit for bit.
+  for other in ('kv sync', 'reference'):
+    result = functions[other](*args[other])
+    for name in synced:
+      np.testing.assert_array_equal(synced[name], result[name])
   return _median_times(functions, args, repeats)
 
 
@@ -115,16 +147,21 @@ def main():
   print(f'device: {device.platform} ({device.device_kind}), '
         f'jax {jax.__version__}, repeats {args.repeats}')
   print(f'{"what":<30}{"params":>11}{"sort ms":>10}{"minor ms":>10}'
-        f'{"sync ms":>10}{"ref ms":>10}{"sync/sort":>11}{"sync/minor":>12}'
-        f'{"ref/sync":>10}')
+        f'{"sync ms":>10}{"kv ms":>10}{"ref ms":>10}{"numpy ms":>10}'
+        f'{"sync/sort":>11}{"sync/minor":>12}{"ref/sync":>10}{"kv/sync":>9}'
+        f'{"sync/numpy":>12}')
   for name, shapes in rows:
     size = sum(int(np.prod(s)) for s in shapes)
     t = measure(shapes, args.repeats)
+    numpy_ms, sync_per_numpy = (
+        (f'{t["numpy"] * 1e3:>10.1f}', f'{t["sync"] / t["numpy"]:>12.2f}')
+        if 'numpy' in t else (f'{"-":>10}', f'{"-":>12}'))
     print(f'{name:<30}{size:>11,}{t["sort"] * 1e3:>10.1f}'
           f'{t["minor"] * 1e3:>10.1f}{t["sync"] * 1e3:>10.1f}'
-          f'{t["reference"] * 1e3:>10.1f}{t["sync"] / t["sort"]:>11.2f}'
-          f'{t["sync"] / t["minor"]:>12.2f}{t["reference"] / t["sync"]:>10.2f}',
-          flush=True)
+          f'{t["kv sync"] * 1e3:>10.1f}{t["reference"] * 1e3:>10.1f}'
+          f'{numpy_ms}{t["sync"] / t["sort"]:>11.2f}'
+          f'{t["sync"] / t["minor"]:>12.2f}{t["reference"] / t["sync"]:>10.2f}'
+          f'{t["kv sync"] / t["sync"]:>9.2f}{sync_per_numpy}', flush=True)
 
 
 if __name__ == '__main__':

@@ -78,12 +78,72 @@ def sort_vectors(leaf: jax.Array) -> jax.Array:
   return _from_rows(jnp.sort(_rows(leaf), axis=1), leaf.shape)
 
 
-def _rank_order(rows: jax.Array) -> jax.Array:
-  """Per row, the positions of its entries in ascending, stable order."""
+def _comparison_rank_order(rows: jax.Array) -> jax.Array:
+  """Per row, the stable ascending order: one key-value sort (GPU, TPU)."""
   positions = lax.broadcasted_iota(jnp.int32, rows.shape, 1)
   _, order = lax.sort((rows, positions), dimension=1, num_keys=1,
                       is_stable=True)
   return order
+
+
+_UNSIGNED = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
+_SIGNED = {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}
+
+
+def _ordered_bits(rows: jax.Array) -> jax.Array:
+  """Unsigned integers ordered as ``lax.sort`` orders the floats ``rows``.
+
+  Like ``lax.sort``'s comparator: zeros (``-0.0``, and subnormals where the
+  backend flushes them) compare equal to ``0.0`` and every NaN equals every
+  other NaN, after ``+inf``. Negative floats have their bits flipped and
+  the others their sign bit set, so unsigned order is float order.
+  """
+  bits = jnp.finfo(rows.dtype).bits
+  signed = lax.bitcast_convert_type(rows, _SIGNED[bits])
+  signed = jnp.where(rows == 0, jnp.zeros_like(signed), signed)
+  nan = jnp.array(jnp.nan, rows.dtype)
+  signed = jnp.where(jnp.isnan(rows),
+                     lax.bitcast_convert_type(nan, _SIGNED[bits]), signed)
+  unsigned = lax.bitcast_convert_type(signed, _UNSIGNED[bits])
+  sign_bit = jnp.array(1 << (bits - 1), unsigned.dtype)
+  return jnp.where(signed < 0, ~unsigned, unsigned | sign_bit)
+
+
+def _radix_rank_order(rows: jax.Array) -> jax.Array:
+  """Per row, the stable ascending order from single-operand integer sorts.
+
+  XLA's CPU sort is several times faster on one integer operand than on a
+  key-value pair or on floats (benchmarks/sync_cost.py). So the float keys
+  become ordered integers, split into digits, and each pass sorts
+  ``digit << position_bits | position`` (unique, hence stable): a
+  least-significant-digit radix sort whose result is bitwise the order of
+  :func:`_comparison_rank_order`.
+  """
+  keys = _ordered_bits(rows)
+  key_bits = jnp.iinfo(keys.dtype).bits
+  position_bits = max(1, (rows.shape[1] - 1).bit_length())
+  word_bits = 64 if key_bits > 32 else 32
+  word = _UNSIGNED[word_bits]
+  digit_bits = word_bits - position_bits
+  num_passes = -(-key_bits // digit_bits)
+  keys = keys.astype(word)
+  positions = lax.broadcasted_iota(word, rows.shape, 1)
+  order = None
+  for pass_index in range(num_passes):
+    current = keys if order is None else jnp.take_along_axis(
+        keys, order, axis=1, mode='promise_in_bounds')
+    digit = (current >> (pass_index * digit_bits)) & ((1 << digit_bits) - 1)
+    packed = lax.sort((digit << position_bits) | positions, dimension=1)
+    moved = (packed & ((1 << position_bits) - 1)).astype(jnp.int32)
+    order = moved if order is None else jnp.take_along_axis(
+        order, moved, axis=1, mode='promise_in_bounds')
+  return order
+
+
+def _rank_order(rows: jax.Array) -> jax.Array:
+  """Per row, the positions of its entries in ascending, stable order."""
+  return lax.platform_dependent(rows, cpu=_radix_rank_order,
+                                default=_comparison_rank_order)
 
 
 def _scatter_row(order: jax.Array, values: jax.Array) -> jax.Array:
@@ -114,6 +174,12 @@ def place_sorted(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
     >>> place_sorted(jnp.array([0.5, -7., 9.]), jnp.array([1., 2., 3.]))
     Array([2., 1., 3.], dtype=float32)
   """
+  return _place_sorted(leaf, sorted_values)
+
+
+# Jitted so that eager calls compile once per shape, not once per operation.
+@jax.jit
+def _place_sorted(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
   order = _rank_order(_rows(leaf))
   # vmap over rows makes a scatter with a batch dimension, which XLA's SPMD
   # partitioner keeps local when the output axis is sharded.
@@ -133,6 +199,11 @@ def ranks(leaf: jax.Array) -> jax.Array:
     >>> ranks(jnp.array([0.5, -7., 0.5]))
     Array([1, 0, 2], dtype=int32)
   """
+  return _ranks(leaf)
+
+
+@jax.jit
+def _ranks(leaf: jax.Array) -> jax.Array:
   rows = _rows(leaf)
   positions = lax.broadcasted_iota(jnp.int32, rows.shape, 1)
   return _from_rows(jax.vmap(_scatter_row)(_rank_order(rows), positions),

@@ -1,5 +1,9 @@
 """Tests for the weight-vector convention and the sorts that permute vectors."""
 
+import re
+import subprocess
+import sys
+
 import hypothesis
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -9,6 +13,7 @@ import numpy as np
 import pytest
 
 import laperm_jax as lp
+from laperm_jax import _weight_vectors
 
 SHAPES = [(7,), (5, 3), (3, 4, 2), (2, 3, 4, 5), (2, 2, 3, 2, 3)]
 
@@ -101,3 +106,68 @@ def test_place_sorted_keeps_bit_patterns_of_signed_zeros():
   np.testing.assert_array_equal(
       np.sort(np.asarray(placed).view(np.uint32)),
       np.sort(np.asarray(sorted_values).view(np.uint32)))
+
+
+# The CPU path (single-operand integer sorts) against the key-value sort that
+# GPU and TPU run: bitwise the same order for any input, including what the
+# comparator treats specially (signed zeros, subnormals, NaNs, infinities).
+_any_floats = st.floats(width=32, allow_nan=True, allow_infinity=True,
+                        allow_subnormal=True)
+_special = st.sampled_from([0.0, -0.0, 1e-40, -1e-40, float('inf'),
+                            float('-inf'), float('nan'), 1.0, -1.0])
+
+
+@hypothesis.settings(deadline=None, max_examples=60)
+@hypothesis.given(hnp.arrays(
+    np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+    elements=_any_floats | _special))
+def test_cpu_order_equals_key_value_order(rows):
+  rows = jnp.asarray(rows)
+  np.testing.assert_array_equal(
+      jax.jit(_weight_vectors._radix_rank_order)(rows),
+      jax.jit(_weight_vectors._comparison_rank_order)(rows))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.float16])
+# Lengths around the switch from two to three radix passes (float32) and
+# from one to two (16-bit floats).
+@pytest.mark.parametrize('length', [1, 2, 3, 65536, 65537])
+def test_cpu_order_equals_key_value_order_at_pass_boundaries(dtype, length):
+  rng = np.random.default_rng(length)
+  rows = rng.standard_normal((2, length)).astype(dtype)
+  rows[:, ::5] = 0.0  # Many ties, as in a pruned kernel.
+  rows[:, 1::7] = -0.0
+  rows[0, -1:] = np.nan
+  rows = jnp.asarray(rows)
+  np.testing.assert_array_equal(
+      jax.jit(_weight_vectors._radix_rank_order)(rows),
+      jax.jit(_weight_vectors._comparison_rank_order)(rows))
+
+
+def test_float64_cpu_order_equals_key_value_order():
+  # Float64 needs x64, which must not leak into the other tests.
+  script = (
+      'import jax, numpy as np; jax.config.update("jax_enable_x64", True)\n'
+      'from laperm_jax import _weight_vectors as wv\n'
+      'rows = np.random.default_rng(0).standard_normal((3, 5000))\n'
+      'rows[:, ::3] = 0.0; rows[:, 1::4] = -0.0; rows[0, :3] = 5e-324\n'
+      'rows[1, :4] = np.nan; rows = jax.numpy.asarray(rows)\n'
+      'assert rows.dtype == np.float64\n'
+      'np.testing.assert_array_equal(wv._radix_rank_order(rows),\n'
+      '                              wv._comparison_rank_order(rows))\n')
+  subprocess.run([sys.executable, '-c', script], check=True)
+
+
+def _sort_operand_counts(lowered_text):
+  """Operands of every sort in StableHLO text (`%r:2 = "stablehlo.sort"`)."""
+  return [int(count or 1) for count in
+          re.findall(r'%\w+(?::(\d+))? = "stablehlo\.sort"', lowered_text)]
+
+
+@pytest.mark.parametrize('platform, operands', [('cpu', 1), ('cuda', 2),
+                                                ('tpu', 2)])
+def test_each_platform_lowers_its_own_sort(platform, operands):
+  traced = jax.jit(lp.ranks).trace(jnp.zeros((300, 20)))
+  text = traced.lower(lowering_platforms=(platform,)).as_text()
+  counts = _sort_operand_counts(text)
+  assert counts and set(counts) == {operands}, counts
