@@ -1,0 +1,121 @@
+"""The notebooks in notebooks/ run top to bottom and show what they say.
+
+Each notebook is executed (nbclient, in an ipykernel of this Python, see
+``docs/make_figures.py``'s ``execute_notebook``) with its CI settings
+(``LAPERM_NOTEBOOK_SETTINGS=quick``); its own last cell asserts, and the
+test reads the ``RESULTS`` line it printed back from the executed outputs.
+The notebooks in the repository are checked to be stripped of outputs and
+to be what ``notebooks/generate.py`` writes.
+"""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import nbformat
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / 'notebooks'
+NAMES = ('01_quick_start.ipynb', '02_reconnection.ipynb',
+         '03_weight_agnostic.ipynb')
+
+
+def _make_figures():
+  spec = importlib.util.spec_from_file_location(
+      'make_figures', ROOT / 'docs' / 'make_figures.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _execute(name, tmp_path):
+  make_figures = _make_figures()
+  notebook = make_figures.execute_notebook(
+      NOTEBOOKS / name, cwd=tmp_path, timeout=300,
+      env={'LAPERM_NOTEBOOK_SETTINGS': 'quick',
+           'LAPERM_FIGURES_DIR': str(tmp_path / 'figures'),
+           # These runs are compile-bound: XLA's CPU backend compiles several
+           # times faster without LLVM optimizations, which change no result
+           # the notebooks check.
+           'XLA_FLAGS': ' '.join(filter(None, (
+               os.environ.get('XLA_FLAGS'),
+               '--xla_backend_optimization_level=0')))})
+  return notebook, make_figures.printed_results(notebook)
+
+
+def test_notebooks_are_generated_and_stripped():
+  # Every notebook is what generate.py writes...
+  subprocess.run([sys.executable, str(NOTEBOOKS / 'generate.py'), '--check'],
+                 check=True)
+  assert sorted(p.name for p in NOTEBOOKS.glob('*.ipynb')) == list(NAMES)
+  for name in NAMES:
+    notebook = nbformat.read(str(NOTEBOOKS / name), as_version=4)
+    nbformat.validate(notebook)
+    # ... without outputs,
+    for cell in notebook.cells:
+      if cell.cell_type == 'code':
+        assert cell.outputs == [] and cell.execution_count is None, name
+    # ... with a title, the paper, a Colab badge for itself, and an install
+    # cell first.
+    first, install = notebook.cells[0], notebook.cells[1]
+    assert first.cell_type == 'markdown' and first.source.startswith('# ')
+    assert 'arXiv:2003.02570' in first.source
+    assert 'colab.research.google.com/github/' in first.source
+    assert first.source.count(f'/notebooks/{name})') == 1
+    assert install.cell_type == 'code' and 'import laperm_jax' in install.source
+    assert '%pip install' in install.source and 'REPO = ' in install.source
+
+
+def test_quick_start(tmp_path):
+  notebook, results = _execute('01_quick_start.ipynb', tmp_path)
+  assert results['settings'] == 'quick'
+  assert results['laperm_kernels_are_permutations'] is True
+  assert results['laperm_accuracy'] > 0.8  # Chance: 0.1.
+  # Figures were drawn and shown.
+  assert (tmp_path / 'figures' / 'weight_profiles.png').stat().st_size > 0
+  assert (tmp_path / 'figures' / 'training_curves.png').stat().st_size > 0
+  assert any(output.get('output_type') == 'display_data'
+             for cell in notebook.cells for output in cell.get('outputs', ()))
+
+
+def test_reconnection(tmp_path):
+  _, results = _execute('02_reconnection.ipynb', tmp_path)
+  assert results['pruned_kernels_keep_their_values'] is True
+  assert results['laperm_distribution_fixed'] is True
+  assert 0 < results['first_epoch_ranking_distance'] < 1
+  assert results['cycles_per_vector'] >= 1
+  assert results['laperm_accuracy'] > 0.8
+  assert results['pruned_accuracy'] > 0.7
+  for figure in ('training_monitor.png', 'permutation_cycles.png',
+                 'pruned_weight_profiles.png'):
+    assert (tmp_path / 'figures' / figure).stat().st_size > 0
+
+
+def test_weight_agnostic(tmp_path):
+  _, results = _execute('03_weight_agnostic.ipynb', tmp_path)
+  assert results['kernels_keep_their_values'] is True
+  assert results['largest_accuracy_spread_over_positive_values'] <= 0.01
+  for name in ('F1', 'F2'):
+    # Well above chance, and above the random wiring it started from.
+    assert results[f'{name}_accuracy'] > 0.3
+    assert (results[f'{name}_accuracy']
+            > results[f'{name}_initial_accuracy'] + 0.15)
+
+
+def test_make_figures_draws_the_readme_figures():
+  make_figures = _make_figures()
+  drawn = [figure for figures in make_figures.README_FIGURES.values()
+           for figure in figures]
+  # Every README figure is one this script makes (the demo's comes from
+  # `python -m experiments demo`).
+  readme = (ROOT / 'README.md').read_text()
+  for figure in drawn:
+    assert f'(docs/images/{figure})' in readme, figure
+    assert (ROOT / 'docs' / 'images' / figure).exists()
+  for name in make_figures.README_FIGURES:
+    source = ''.join(cell.source for cell in nbformat.read(
+        str(NOTEBOOKS / name), as_version=4).cells)
+    for figure in make_figures.README_FIGURES[name]:
+      assert f"FIGURES / '{figure}'" in source, (name, figure)
