@@ -1,10 +1,17 @@
 """Cost of LaPerm in a full jitted train step, against Adam and Lookahead.
 
-Trains an MLP (default 784-2048-2048-10, batch 128) with `adam`,
-`laperm(adam, k)` and `optax.lookahead(adam)`, each step jitted as users run
-it: plain, and with `donate_argnums` on params and optimizer state (as the
-Flax examples do). Steps of all optimizers are interleaved, so machine noise
-hits all alike. Reports, relative to Adam:
+Trains a model with `adam`, `laperm(adam, k)` and `optax.lookahead(adam)`,
+each step jitted as users run it: plain, and with `donate_argnums` on params,
+optimizer state and BatchNorm statistics (as the Flax examples do). Models:
+
+- `mlp`: 784-2048-2048-10 ReLU, batch 128 (5.8M parameters: the optimizer's
+  share of the step is large, the hardest case for the overhead);
+- `conv7`: the paper's MNIST Conv7 (Flax, dropout), 28x28x1, batch 50;
+- `conv13`: the paper's CIFAR-10 Conv13 (Flax, BatchNorm, dropout, 15M
+  parameters), 32x32x3, batch 50.
+
+Steps of all optimizers are interleaved, so machine noise hits all alike.
+Reports, relative to Adam:
 
 - `non-sync`: a LaPerm step that does not sync (the sync period is huge);
 - `sync`: a LaPerm step that syncs (sync period 1);
@@ -12,20 +19,37 @@ hits all alike. Reports, relative to Adam:
 - page faults per step (Linux minor faults), which expose fresh memory the
   runtime maps for each execution.
 
-Run: `python benchmarks/step_overhead.py [--widths 784,2048,2048,10]
-[--batch 128] [--repeats 10] [--period 1000]`.
+Run from the repository root: `python benchmarks/step_overhead.py
+[--model mlp|conv7|conv13] [--batch N] [--repeats 10] [--period 1000]`.
 """
 
 import argparse
+import pathlib
 import resource
+import sys
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 import laperm_jax as lp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class Model(NamedTuple):
+  """What a train step needs: weights, other variables, a loss, a batch."""
+  params: Any
+  batch_stats: Any  # BatchNorm statistics ({} where the model has none).
+  loss: Callable[..., tuple[jax.Array, Any]]  # (params, stats, x, y, key)
+  images: jax.Array
+  labels: jax.Array
+  description: str
 
 
 def _mlp_params(key, widths):
@@ -40,24 +64,62 @@ def _mlp_params(key, widths):
   return params
 
 
-def _loss(params, images, labels):
+def _mlp_loss(params, batch_stats, images, labels, key):
+  del key  # No dropout.
   x = images
   layers = len(params)
   for i in range(layers):
     x = x @ params[f'dense{i}']['kernel'] + params[f'dense{i}']['bias']
     if i < layers - 1:
       x = jax.nn.relu(x)
-  return optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
+  loss = optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
+  return loss, batch_stats
 
 
-def _train_step(tx, donate):
+def mlp(batch: int) -> Model:
+  widths = (784, 2048, 2048, 10)
+  key = jax.random.key(0)
+  params = _mlp_params(key, widths)
+  return Model(params, {}, _mlp_loss, jax.random.normal(key, (batch, 784)),
+               jnp.arange(batch) % 10, f'MLP {list(widths)}, batch {batch}')
 
-  def step(params, opt_state, images, labels):
-    grads = jax.grad(_loss)(params, images, labels)
+
+def flax_model(name: str, image_shape: tuple[int, ...], batch: int) -> Model:
+  """A model of `experiments.models`, trained as the experiments train it."""
+  module = models.create(ml_collections.ConfigDict({'name': name}), 10)
+  key = jax.random.key(0)
+  images = jax.random.normal(key, (batch, *image_shape))
+  variables = module.init(key, images[:1])
+
+  def loss(params, batch_stats, images, labels, key):
+    logits, updated = module.apply(
+        {'params': params, 'batch_stats': batch_stats}, images, train=True,
+        rngs={'dropout': key}, mutable=['batch_stats'])
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, labels).mean()
+    return loss, updated['batch_stats']
+
+  return Model(variables['params'], variables.get('batch_stats', {}), loss,
+               images, jnp.arange(batch) % 10,
+               f'{name} {image_shape}, batch {batch}')
+
+
+MODELS = {
+    'mlp': lambda batch: mlp(batch or 128),
+    'conv7': lambda batch: flax_model('conv7', (28, 28, 1), batch or 50),
+    'conv13': lambda batch: flax_model('conv13', (32, 32, 3), batch or 50),
+}
+
+
+def _train_step(model, tx, donate):
+
+  def step(params, opt_state, batch_stats, images, labels, key):
+    grads, batch_stats = jax.grad(model.loss, has_aux=True)(
+        params, batch_stats, images, labels, key)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    return optax.apply_updates(params, updates), opt_state, batch_stats
 
-  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+  return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
 
 
 def _lookahead(inner):
@@ -80,18 +142,16 @@ def _lookahead(inner):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--widths', default='784,2048,2048,10')
-  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--model', choices=list(MODELS), default='mlp')
+  parser.add_argument('--batch', type=int, default=0,
+                      help="batch size (default: the model's)")
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--steps', type=int, default=5,
                       help='steps per timed block')
   parser.add_argument('--period', type=int, default=1000,
                       help='sync period for the amortized figure')
   args = parser.parse_args()
-  widths = [int(w) for w in args.widths.split(',')]
-  key = jax.random.key(0)
-  images = jax.random.normal(key, (args.batch, widths[0]))
-  labels = jnp.arange(args.batch) % widths[-1]
+  model = MODELS[args.model](args.batch)
   optimizers = {
       'adam': optax.adam(1e-3),
       'laperm non-sync': lp.laperm(optax.adam(1e-3), 2**30),
@@ -100,33 +160,35 @@ def main():
   }
   device = jax.devices()[0]
   print(f'device: {device.platform} ({device.device_kind}), jax '
-        f'{jax.__version__}; MLP {widths}, batch {args.batch}, '
-        f'{sum(a * b + b for a, b in zip(widths[:-1], widths[1:])):,} params')
+        f'{jax.__version__}; {model.description}, '
+        f'{sum(x.size for x in jax.tree.leaves(model.params)):,} params')
   print(f'{"jit":<10}{"optimizer":<18}{"ms/step":>9}{"vs adam":>9}'
         f'{"faults/step":>13}')
   for donate in (False, True):
     runs = {}
     for name, tx in optimizers.items():
-      params = _mlp_params(key, widths)
-      opt_state = tx.init(params)
-      step = _train_step(tx, donate)
-      params, opt_state = step(params, opt_state, images, labels)
-      jax.block_until_ready(params)
-      runs[name] = {'step': step, 'carry': (params, opt_state), 'times': [],
-                    'faults': []}
-    for _ in range(args.repeats):
+      # Fresh copies: a donated step must not consume the model's arrays.
+      params = jax.tree.map(jnp.copy, model.params)
+      carry = (params, tx.init(params),
+               jax.tree.map(jnp.copy, model.batch_stats))
+      step = _train_step(model, tx, donate)
+      carry = step(*carry, model.images, model.labels, jax.random.key(1))
+      jax.block_until_ready(carry)
+      runs[name] = {'step': step, 'carry': carry, 'times': [], 'faults': []}
+    for repeat in range(args.repeats):
       for run in runs.values():
-        params, opt_state = run['carry']
+        carry = run['carry']
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
-        for _ in range(args.steps):
-          params, opt_state = run['step'](params, opt_state, images, labels)
-        jax.block_until_ready(params)
+        for i in range(args.steps):
+          carry = run['step'](*carry, model.images, model.labels,
+                              jax.random.key(repeat * args.steps + i))
+        jax.block_until_ready(carry)
         run['times'].append((time.perf_counter() - start) / args.steps)
         run['faults'].append(
             (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
             / args.steps)
-        run['carry'] = (params, opt_state)
+        run['carry'] = carry
     median = {name: float(np.median(run['times']))
               for name, run in runs.items()}
     jit = 'donated' if donate else 'plain'
