@@ -33,6 +33,20 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _parse_devices(text: str) -> int:
+  """``--devices``: a count >= 1, or ``0`` / ``all`` for every local device."""
+  if text.strip().lower() == 'all':
+    return 0
+  try:
+    count = int(text)
+  except ValueError:
+    count = -1
+  if count < 0:
+    raise argparse.ArgumentTypeError(
+        f"expected a device count >= 1, or 0 or 'all'; got {text!r}")
+  return count
+
+
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
   overrides = {}
   for pair in pairs:
@@ -67,6 +81,10 @@ def parser() -> argparse.ArgumentParser:
   cli.add_argument('--epochs', type=int)
   cli.add_argument('--seed', type=int)
   cli.add_argument('--runs', help='comma-separated subset of the runs')
+  cli.add_argument('--devices', type=_parse_devices, metavar='N',
+                   help='train data parallel on N local devices (0 or '
+                   "'all': every one; default 1); the batch size must be a "
+                   'multiple of N')
   cli.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override a config field, e.g. optimizer.sync_period=100')
   cli.add_argument('--no-progress', action='store_true',
@@ -79,7 +97,8 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
   """The config of each run: preset, run overrides, then the command line."""
   overrides = _parse_overrides(args.set)
   for field, value in (('dataset', args.dataset), ('data_dir', args.data_dir),
-                       ('epochs', args.epochs), ('seed', args.seed)):
+                       ('epochs', args.epochs), ('seed', args.seed),
+                       ('devices', args.devices)):
     if value is not None:
       overrides[field] = value
   if args.prune is not None:
@@ -134,13 +153,24 @@ def run(preset_name: str, args: argparse.Namespace) -> list[train.RunResult]:
   for name, config in run_configs_by_name.items():
     data_key = (config.dataset, config.data_dir, config.validation_size,
                 config.seed, config.normalization, config.max_examples)
+    try:
+      mesh = train.make_mesh(config.devices)
+    except ValueError as error:
+      raise SystemExit(f'error: {error}') from error
+    if mesh is not None and config.batch_size % mesh.size:
+      raise SystemExit(f'error: batch_size {config.batch_size} of run {name} '
+                       f'is not divisible by --devices {mesh.size}.')
     if data_key not in loaded:
       loaded[data_key] = load_splits(config)
     splits, num_classes, image_shape = loaded[data_key]
+    devices = '' if mesh is None else (
+        f', data parallel on {mesh.size} {mesh.devices.flat[0].platform} '
+        'devices')
     print(f'{name}: {config.model.name} with {config.optimizer.name} on '
           f'{config.dataset} {image_shape}, {len(splits["train"].labels)} '
           f'train / {len(splits["validation"].labels)} validation / '
-          f'{len(splits["test"].labels)} test, {config.epochs} epochs')
+          f'{len(splits["test"].labels)} test, {config.epochs} epochs'
+          f'{devices}')
     results.append(train.train_and_evaluate(
         config, splits, num_classes, out / name, name=name,
         resume=args.resume))

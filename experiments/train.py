@@ -10,13 +10,25 @@ scored on the test split at the end. An orbax checkpoint is written every
 ``checkpoint_every`` epochs (default 1) and at the end; a resumed run
 continues bit for bit, since every random draw comes from the seed and the
 epoch number.
+
+Data parallel: ``config.devices`` (``--devices``; default 1, 0 for all local
+devices) runs every step on that many devices of a 1-D ``('batch',)``
+``Mesh``. The datasets, params and optimizer state are replicated on each
+device; every drawn batch is sharded along its batch axis (a sharding
+constraint inside the jitted epoch, so each device gathers and augments only
+its part), and XLA all-reduces the gradients, the BatchNorm statistics and
+the metrics. The optimizer step, LaPerm's syncs included, runs replicated, so
+the weights stay identical on every device. Results equal one device's up to
+the order of those reductions. Evaluation batches are sharded the same way.
+Checkpoints hold the (replicated) arrays once, and a run resumes on any
+device count.
 """
 
 import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from flax import linen as nn
 from flax.training import train_state
@@ -24,6 +36,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
@@ -75,6 +88,61 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
   if batch_stats:
     return {'params': params, 'batch_stats': batch_stats}
   return {'params': params}
+
+
+BATCH_AXIS = 'batch'
+
+
+def make_mesh(devices: Any = 1) -> Optional[jax.sharding.Mesh]:
+  """The data-parallel mesh: the first ``devices`` local devices.
+
+  Args:
+    devices: How many local devices to train on: an int >= 1, or ``0`` /
+      ``'all'`` for all of them.
+
+  Returns:
+    A 1-D mesh with axis ``'batch'``, or ``None`` when the run uses one
+    device (then nothing is sharded: exactly the single-device program).
+  """
+  available = jax.local_devices()
+  if isinstance(devices, bool):
+    count = -1
+  elif devices in (0, 'all'):
+    count = len(available)
+  elif isinstance(devices, int) and devices >= 1:
+    count = devices
+  else:
+    count = -1
+  if count < 1:
+    raise ValueError(f"devices must be an int >= 1, or 0 or 'all' for all "
+                     f'local devices; got {devices!r}.')
+  if count > len(available):
+    raise ValueError(f'devices={count} but only {len(available)} local '
+                     f'devices are available: {available}.')
+  if count == 1:
+    return None
+  return jax.sharding.Mesh(np.array(available[:count]), (BATCH_AXIS,))
+
+
+def _replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _shard_batch(mesh: Optional[jax.sharding.Mesh], tree: Any) -> Any:
+  """Constrains every array of ``tree`` to be sharded along axis 0."""
+  if mesh is None:
+    return tree
+  sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(BATCH_AXIS))
+  return jax.tree.map(lambda x: lax.with_sharding_constraint(x, sharding),
+                      tree)
+
+
+def _device_put(mesh: Optional[jax.sharding.Mesh], tree: Any) -> Any:
+  """``tree`` on the default device, or replicated on every mesh device."""
+  if mesh is None:
+    return jax.device_put(tree)
+  return jax.device_put(tree, _replicated(mesh))
 
 
 def l2_penalty(params: Any) -> jax.Array:
@@ -143,8 +211,14 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
 
 
 def make_train_epoch(config: ml_collections.ConfigDict, model: nn.Module,
-                     steps_per_epoch: int) -> Callable[..., Any]:
-  """The jitted ``(state, images, labels, key) -> (state, metrics)`` epoch."""
+                     steps_per_epoch: int,
+                     mesh: Optional[jax.sharding.Mesh] = None
+                     ) -> Callable[..., Any]:
+  """The jitted ``(state, images, labels, key) -> (state, metrics)`` epoch.
+
+  With a ``mesh``, each batch is sharded along the mesh's ``'batch'`` axis
+  and the returned state and metrics are replicated.
+  """
   augment_config = config.augment if augment.is_enabled(
       config.augment) else None
 
@@ -177,25 +251,33 @@ def make_train_epoch(config: ml_collections.ConfigDict, model: nn.Module,
 
     def body(state, batch):
       indices, step_key = batch
-      return train_step(state, images[indices], labels[indices], step_key)
+      batch_images, batch_labels = _shard_batch(
+          mesh, (images[indices], labels[indices]))
+      return train_step(state, batch_images, batch_labels, step_key)
 
     state, metrics = lax.scan(
         body, state, (order, jax.random.split(steps_key, steps_per_epoch)))
     return state, jax.tree.map(jnp.mean, metrics)
 
-  return jax.jit(train_epoch)
+  if mesh is None:
+    return jax.jit(train_epoch)
+  return jax.jit(train_epoch, out_shardings=_replicated(mesh))
 
 
-def make_evaluate(model: nn.Module, batch_size: int) -> Callable[..., Any]:
+def make_evaluate(model: nn.Module, batch_size: int,
+                  mesh: Optional[jax.sharding.Mesh] = None
+                  ) -> Callable[..., Any]:
   """The jitted ``(params, batch_stats, images, labels) -> (loss, accuracy)``.
 
   Batches are scanned over on device; the last one is padded and the
-  padding weighted out.
+  padding weighted out. With a ``mesh``, batches are sharded along its
+  ``'batch'`` axis (their size rounded up to a multiple of its devices).
   """
-  @jax.jit
   def evaluate(params, batch_stats, images, labels):
     count = images.shape[0]
     size = min(batch_size, count)
+    if mesh is not None:
+      size = -(-size // mesh.size) * mesh.size
     padding = -count % size
     weights = (jnp.arange(count + padding) < count).astype(jnp.float32)
     images = jnp.pad(images, [(0, padding)] + [(0, 0)] * (images.ndim - 1))
@@ -204,7 +286,7 @@ def make_evaluate(model: nn.Module, batch_size: int) -> Callable[..., Any]:
                            (images, labels, weights))
 
     def body(totals, batch):
-      x, y, w = batch
+      x, y, w = _shard_batch(mesh, batch)
       logits = model.apply(_variables(params, batch_stats), x, train=False)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
@@ -215,7 +297,9 @@ def make_evaluate(model: nn.Module, batch_size: int) -> Callable[..., Any]:
                                   batches)
     return loss / count, correct / count
 
-  return evaluate
+  if mesh is None:
+    return jax.jit(evaluate)
+  return jax.jit(evaluate, out_shardings=_replicated(mesh))
 
 
 @dataclasses.dataclass
@@ -250,7 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains one run, evaluates and checkpoints it, writes its metrics.
 
   Args:
-    config: The run's config (see ``experiments/configs/base.py``).
+    config: The run's config (see ``experiments/configs/base.py``; an
+      optional ``devices`` field, default 1, asks for data parallelism over
+      that many local devices, 0 for all).
     splits: Normalized ``train``, ``validation`` and ``test`` splits.
     num_classes: Classes of the dataset.
     workdir: Where the run writes ``checkpoints/`` and ``metrics.json``.
@@ -261,9 +347,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The :class:`RunResult`.
   """
   start = time.perf_counter()
+  mesh = make_mesh(config.get('devices', 1))
+  if mesh is not None and config.batch_size % mesh.size:
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by '
+                     f'the {mesh.size} devices of the run.')
   workdir.mkdir(parents=True, exist_ok=True)
-  train = jax.device_put(splits['train'])
-  validation = jax.device_put(splits['validation'])
+  train = _device_put(mesh, splits['train'])
+  validation = _device_put(mesh, splits['validation'])
   steps_per_epoch = len(splits['train'].labels) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
@@ -271,10 +361,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = models.create(config.model, num_classes)
   state = create_train_state(config, model, splits['train'].images.shape[1:],
                              steps_per_epoch)
-  train_epoch = make_train_epoch(config, model, steps_per_epoch)
-  evaluate = make_evaluate(model, config.eval_batch_size)
+  if mesh is not None:
+    state = _device_put(mesh, state)
+  train_epoch = make_train_epoch(config, model, steps_per_epoch, mesh)
+  evaluate = make_evaluate(model, config.eval_batch_size, mesh)
 
-  eval_params = jax.jit(optimizers.eval_params)
+  eval_params = jax.jit(optimizers.eval_params) if mesh is None else jax.jit(
+      optimizers.eval_params, out_shardings=_replicated(mesh))
 
   def eval_weights(state):
     return eval_params(state.params, state.opt_state)
@@ -346,7 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             arrays=ocp.args.StandardSave(tracked()),
             progress=ocp.args.JsonSave(progress.to_json())))
 
-  test = jax.device_put(splits['test'])
+  test = _device_put(mesh, splits['test'])
   _, test_accuracy = evaluate(best_params, best_batch_stats, *test)
   _, final_test_accuracy = evaluate(eval_weights(state), state.batch_stats,
                                     *test)

@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.normalization = 'zscore'
   config.max_examples = 0  # Per split; 0 keeps all (smoke runs set it).
   config.seed = 0
+  config.devices = 1  # Data-parallel devices; 0 for all local ones.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'mlp'
