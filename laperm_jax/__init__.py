@@ -13,6 +13,8 @@ from laperm_jax._analysis import ranking_distance
 from laperm_jax._analysis import ranking_distances
 from laperm_jax._analysis import weight_profiles
 from laperm_jax._analysis import weight_statistics
+from laperm_jax._export import export_permutations
+from laperm_jax._export import restore_permutations
 from laperm_jax._initializers import PruneResult
 from laperm_jax._initializers import random_prune
 from laperm_jax._initializers import shared_value
@@ -34,6 +36,7 @@ __all__ = (
     'RankingDistance',
     'as_vectors',
     'cycle_summary',
+    'export_permutations',
     'laperm',
     'permutation_between',
     'permutation_cycles',
@@ -42,6 +45,7 @@ __all__ = (
     'ranking_distance',
     'ranking_distances',
     'ranks',
+    'restore_permutations',
     'shared_value',
     'size_aware_rates',
     'sort_vectors',

@@ -1,0 +1,553 @@
+"""Permutation-only export: a LaPerm-trained network as ranks over its init.
+
+A network trained by LaPerm is, exactly, its initial weights plus one
+permutation per weight vector: after a sync, every weight vector holds its
+sorted initial values placed in a learned rank order. :func:`export_permutations`
+writes that rank order (``ceil(log2 n)`` bits per weight for vectors of length
+``n``) and either the sorted initial values or a PRNG key that regenerates
+them; :func:`restore_permutations` rebuilds the synchronized params bit for
+bit, and refuses a file that would give other weights.
+
+File format (version 1): one uncompressed ``.npz`` file (a zip of ``.npy``
+arrays, each with a CRC-32, read with ``allow_pickle=False``). Member
+``manifest`` is UTF-8 JSON as a ``uint8`` array::
+
+  {"format": "laperm_jax.permutations", "version": 1,
+   "init_key": null or {"impl": "threefry2x32" (a typed key) or null (raw)},
+   "leaves": [{"path": jax.tree_util.keystr path, "shape": [...],
+               "dtype": "float32", "encoding": ..., ...}, ...]}
+
+Leaves are listed in flattened order; leaf ``i``'s arrays are members named
+``{i}.<name>``, all in C order and little-endian. The encodings:
+
+- ``raw`` (leaves LaPerm does not permute): ``{i}.raw``, the leaf's bytes as
+  ``uint8``.
+- ``ranks``: ``{i}.ranks``, the stable rank of every entry within its weight
+  vector: with ``"rank_bits": b``, bit-packed (rank ``k`` of the flat leaf in
+  bits ``[k * b, (k + 1) * b)``, least significant first, ``np.packbits``
+  with ``bitorder='little'``); with ``"rank_bits": null``, in the leaf's shape
+  as the smallest of ``uint8``, ``uint16``, ``uint32`` that holds them.
+  ``"sorted": "stored"`` adds ``{i}.sorted``, the sorted initial values' bits
+  (unsigned integers of the dtype's width, in the leaf's shape);
+  ``"sorted": "init"`` regenerates them from the member ``init_key``.
+- ``binary`` (weight-agnostic leaves, every entry 0 or one value ``v``):
+  ``{i}.mask``, one bit per entry (packed as above) set where the entry is
+  ``v``; ``"value"``: the bytes of ``v`` in hex.
+
+Every leaf carries ``"sha256"``, the SHA-256 of its synchronized values'
+bytes, and every ``ranks`` leaf ``"sorted_sha256"``, that of its sorted
+initial values; a restore recomputes both from what the file holds (or what
+``init_fn`` regenerates) and compares.
+"""
+
+from collections.abc import Callable
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, Optional, Union
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from laperm_jax import _laperm
+from laperm_jax import _weight_vectors
+
+FORMAT = 'laperm_jax.permutations'
+VERSION = 1
+
+InitFn = Callable[[jax.Array], optax.Params]
+PathLike = Union[str, os.PathLike]
+
+_ranks = jax.jit(_weight_vectors.ranks)
+_sort_vectors = jax.jit(_weight_vectors.sort_vectors)
+
+
+def export_permutations(
+    params: optax.Params,
+    opt_state: optax.OptState,
+    path: PathLike,
+    *,
+    init_fn: Optional[InitFn] = None,
+    init_key: Optional[jax.Array] = None,
+    pack_ranks: bool = True,
+    binary: bool = True,
+) -> None:
+  """Writes ``synchronize(params, opt_state)`` as permutations of the init.
+
+  Every leaf LaPerm permutes is written as the stable rank of each of its
+  entries within its weight vector, plus the source of its sorted initial
+  values: the values themselves, or, with ``init_fn`` and ``init_key``, only
+  the key (``init_fn(init_key)`` regenerates them on restore). Leaves whose
+  initial values are all 0 or one value ``v`` (weight-agnostic nets,
+  :func:`laperm_jax.shared_value`) take one bit per weight with ``binary``.
+  Other leaves (biases, ``reset_mask`` leaves) are written as a sync sets
+  them. :func:`restore_permutations` gives back the synchronized params bit
+  for bit. The file is written to a temporary name and then renamed, so an
+  interrupted export leaves no partial file at ``path``.
+
+  Args:
+    params: The current params (synced or not: the ranks are those a sync
+      would use, so the export equals ``synchronize(params, opt_state)``).
+    opt_state: An optimizer state holding exactly one
+      :class:`laperm_jax.LaPermState`, anywhere inside it.
+    path: The file to write (conventionally ``.npz``).
+    init_fn: A function ``key -> params`` that regenerates the initial params
+      of the training run (e.g. ``lambda key: model.init(key, x)['params']``,
+      composed with :func:`laperm_jax.random_prune` if the run pruned).
+      Called here once to check that it does regenerate every permuted leaf's
+      initial values, bit for bit.
+    init_key: The PRNG key to call ``init_fn`` with (typed or raw); stored in
+      the file. Pass both or neither.
+    pack_ranks: Whether to pack ranks into ``ceil(log2 n)`` bits each for
+      vectors of length ``n``, rather than store them as ``uint8``,
+      ``uint16`` or ``uint32``.
+    binary: Whether to store leaves whose initial values are all 0 or one
+      value as one bit per weight.
+
+  Raises:
+    ValueError: ``opt_state`` holds no or several LaPerm states, ``params``
+      do not match it, a permuted weight vector holds a non-finite value (it
+      has no rank order), or ``init_fn(init_key)`` does not regenerate a
+      leaf's initial values; the message names the leaf.
+
+  Example:
+    >>> import os, tempfile
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import laperm_jax as lp
+    >>> init_fn = lambda key: {'w': jax.random.normal(key, (300, 4)),
+    ...                        'b': jnp.zeros(4)}
+    >>> params = init_fn(jax.random.key(0))
+    >>> tx = lp.laperm(optax.adam(1e-1), sync_period=2)
+    >>> state = tx.init(params)
+    >>> loss = lambda p: jnp.sum(jnp.sin(p['w']) * jnp.arange(4.0)) + p['b'].sum()
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> path = os.path.join(tempfile.mkdtemp(), 'net.npz')
+    >>> lp.export_permutations(params, state, path, init_fn=init_fn,
+    ...                        init_key=jax.random.key(0))
+    >>> os.path.getsize(path) < params['w'].nbytes  # 9 bits per weight
+    True
+    >>> restored = lp.restore_permutations(path, params, init_fn=init_fn)
+    >>> exact = lp.synchronize(params, state)
+    >>> bool(jnp.array_equal(restored['w'], exact['w']))
+    True
+
+  References:
+    Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
+    Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
+  """
+  where = 'export_permutations'
+  state = _laperm_state(opt_state, where)
+  if (init_fn is None) != (init_key is None):
+    raise ValueError(f'{where}: pass init_fn and init_key together, or '
+                     'neither (then the sorted initial values are stored).')
+  held, _ = _laperm._zip_leaves(params, state.sorted_init, state.reset_values)  # pylint: disable=protected-access
+  names = [jax.tree_util.keystr(p)
+           for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  regenerated = None if init_fn is None else _init_leaves(init_fn, init_key)
+  arrays, entries = {}, []
+  for index, (name, (param, sorted_init, reset)) in enumerate(zip(names, held)):
+    if _laperm._is_masked(sorted_init):  # pylint: disable=protected-access
+      value = np.asarray(_laperm._sync_leaf(param, sorted_init, reset))  # pylint: disable=protected-access
+      entry = {'encoding': 'raw', 'sha256': _sha256(value)}
+      arrays[f'{index}.raw'] = np.ascontiguousarray(value).reshape(-1).view(
+          np.uint8)
+    else:
+      value = np.asarray(sorted_init)
+      entry = _encode_permuted(index, name, param, value, regenerated,
+                               pack_ranks, binary, arrays)
+    entries.append({'path': name, 'shape': list(value.shape),
+                    'dtype': value.dtype.name, **entry})
+  manifest = {'format': FORMAT, 'version': VERSION, 'init_key': None,
+              'leaves': entries}
+  if any(entry.get('sorted') == 'init' for entry in entries):
+    typed = jnp.issubdtype(init_key.dtype, jax.dtypes.prng_key)
+    manifest['init_key'] = {
+        'impl': str(jax.random.key_impl(init_key)) if typed else None}
+    arrays['init_key'] = np.asarray(
+        jax.random.key_data(init_key) if typed else init_key)
+  arrays['manifest'] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+  _write_atomically(path, arrays)
+
+
+def restore_permutations(
+    path: PathLike,
+    target: optax.Params,
+    *,
+    init_fn: Optional[InitFn] = None,
+) -> optax.Params:
+  """Reads a file of :func:`export_permutations` back into synced params.
+
+  The result is bitwise ``synchronize(params, opt_state)`` of the export.
+  Nothing is returned unless every check passes: the leaves' paths, shapes
+  and dtypes match ``target``; every weight vector's ranks are a permutation
+  of ``0 .. n-1``; every permuted leaf's sorted initial values (stored or
+  regenerated by ``init_fn``) and every restored leaf have the SHA-256
+  recorded at export.
+
+  Args:
+    path: A file written by :func:`export_permutations`.
+    target: A params tree with the structure, shapes and dtypes of the
+      exported params; its leaves may be arrays or ``jax.ShapeDtypeStruct``
+      (e.g. from ``jax.eval_shape``). Restored leaves take a leaf's
+      ``sharding`` where it has one.
+    init_fn: The function ``key -> params`` given at export, needed (and
+      only used) when the file stores a key instead of sorted values.
+
+  Returns:
+    A tree like ``target`` of ``jax.Array``.
+
+  Raises:
+    ValueError: The file is truncated, corrupt or of an unknown format or
+      version, does not match ``target``, or ``init_fn`` regenerates other
+      values than at export; the message names the leaf.
+
+  Example:
+    >>> import os, tempfile
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import laperm_jax as lp
+    >>> params = {'w': jnp.array([[1.0], [2.0], [3.0]])}
+    >>> state = lp.laperm(optax.sgd(1.0), 10).init(params)
+    >>> moved = {'w': jnp.array([[0.5], [-7.0], [9.0]])}
+    >>> path = os.path.join(tempfile.mkdtemp(), 'net.npz')
+    >>> lp.export_permutations(moved, state, path)
+    >>> like = jax.eval_shape(lambda: params)
+    >>> lp.restore_permutations(path, like)['w'].ravel()
+    Array([2., 1., 3.], dtype=float32)
+
+  References:
+    Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
+    Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
+  """
+  where = f'restore_permutations: {os.fspath(path)}'
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    raise ValueError(f'{where} is not a readable permutation export '
+                     f'(truncated or corrupt?): {_describe(error)}') from error
+  with archive:
+    manifest = _read_manifest(archive, where)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+    _check_paths([jax.tree_util.keystr(p) for p, _ in flat],
+                 [entry.get('path') for entry in manifest['leaves']], where)
+    regenerated = None
+    if any(entry.get('sorted') == 'init' for entry in manifest['leaves']):
+      if init_fn is None:
+        raise ValueError(f'{where} stores a PRNG key instead of the sorted '
+                         'initial values; pass the init_fn of the export.')
+      regenerated = _init_leaves(init_fn, _read_key(archive, manifest, where))
+    leaves = []
+    for index, ((key_path, like), entry) in enumerate(
+        zip(flat, manifest['leaves'])):
+      try:
+        value = _decode(archive, index, entry, like, regenerated)
+        _check_sha256(value, entry['sha256'], 'the restored values')
+      except (ValueError, KeyError, TypeError, OSError, EOFError,
+              zipfile.BadZipFile) as error:
+        raise ValueError(f'{where}: leaf {jax.tree_util.keystr(key_path)}: '
+                         f'{_describe(error)}') from error
+      leaves.append(jax.device_put(value, getattr(like, 'sharding', None)))
+  return treedef.unflatten(leaves)
+
+
+# ---------------------------------------------------------------------------
+# Export.
+
+
+def _laperm_state(opt_state, where) -> _laperm.LaPermState:
+  """The one LaPermState inside ``opt_state``, found as `synchronize` does."""
+  states = [
+      leaf for leaf in jax.tree.leaves(
+          opt_state, is_leaf=lambda x: isinstance(x, _laperm.LaPermState))
+      if isinstance(leaf, _laperm.LaPermState)
+  ]
+  if len(states) != 1:
+    raise ValueError(
+        f'{where}: opt_state must hold exactly one LaPermState (the state of '
+        f'an optimizer built with laperm_jax.laperm), found {len(states)}.')
+  return states[0]
+
+
+def _init_leaves(init_fn, key) -> dict[str, Any]:
+  """``init_fn(key)``'s leaves by key path."""
+  flat = jax.tree_util.tree_flatten_with_path(init_fn(key))[0]
+  return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+
+
+def _encode_permuted(index, name, param, sorted_init, regenerated, pack_ranks,
+                     binary, arrays) -> dict[str, Any]:
+  """Adds a permuted leaf's arrays to ``arrays``; returns its manifest entry."""
+  if not bool(jnp.all(jnp.isfinite(param))):
+    raise ValueError(
+        f'export_permutations: leaf {name} holds a non-finite value, so its '
+        'weight vector has no rank order (a sync makes it NaN).')
+  ranks = np.asarray(_ranks(param)).astype(np.uint32)
+  synced = np.take_along_axis(_vectors(sorted_init), _vectors(ranks), axis=0)
+  entry = {'sha256': _sha256(synced)}
+  value = _shared_value(sorted_init) if binary else None
+  if value is not None:
+    arrays[f'{index}.mask'] = np.packbits(
+        _bits(synced).reshape(-1) != 0, bitorder='little')
+    return {**entry, 'encoding': 'binary', 'value': value.tobytes().hex()}
+  entry['sorted_sha256'] = _sha256(sorted_init)
+  vector_length = _vectors(ranks).shape[0]
+  if pack_ranks:
+    bits = _rank_bits(vector_length)
+    arrays[f'{index}.ranks'] = _pack(ranks.reshape(-1), bits)
+  else:
+    bits = None
+    arrays[f'{index}.ranks'] = ranks.astype(_rank_dtype(vector_length))
+  entry.update(encoding='ranks', rank_bits=bits)
+  if regenerated is None:
+    arrays[f'{index}.sorted'] = _bits(sorted_init)
+    return {**entry, 'sorted': 'stored'}
+  try:
+    _check_regenerated(regenerated, name, sorted_init.shape,
+                       sorted_init.dtype, entry['sorted_sha256'],
+                       'init_fn(init_key)')
+  except ValueError as error:
+    raise ValueError(f'export_permutations: {error}') from error
+  return {**entry, 'sorted': 'init'}
+
+
+def _shared_value(sorted_init) -> Optional[np.ndarray]:
+  """The one nonzero value of a leaf of 0s and that value, else None."""
+  bits = _bits(sorted_init).reshape(-1)
+  nonzero = bits[bits != 0]
+  if nonzero.size == 0 or np.any(nonzero != nonzero[0]):
+    return None
+  return sorted_init.reshape(-1)[np.flatnonzero(bits)[:1]]
+
+
+def _write_atomically(path, arrays) -> None:
+  path = os.fspath(path)
+  handle, temporary = tempfile.mkstemp(
+      dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp')
+  try:
+    with os.fdopen(handle, 'wb') as file:
+      np.savez(file, **arrays)
+    os.replace(temporary, path)
+  except BaseException:
+    os.unlink(temporary)
+    raise
+
+
+# ---------------------------------------------------------------------------
+# Restore.
+
+
+def _read_manifest(archive, where) -> dict[str, Any]:
+  try:
+    manifest = json.loads(archive['manifest'].tobytes().decode())
+  except (KeyError, ValueError, OSError, EOFError,
+          zipfile.BadZipFile) as error:
+    raise ValueError(f'{where} has no readable manifest (not a permutation '
+                     f'export, or corrupt): {_describe(error)}') from error
+  found = manifest.get('format') if isinstance(manifest, dict) else None
+  if found != FORMAT:
+    raise ValueError(f'{where} is not a permutation export (format {found!r}, '
+                     f'expected {FORMAT!r}).')
+  if manifest.get('version') != VERSION:
+    raise ValueError(f'{where} has format version {manifest.get("version")!r}; '
+                     f'this laperm_jax reads version {VERSION}.')
+  if not isinstance(manifest.get('leaves'), list) or not all(
+      isinstance(entry, dict) for entry in manifest['leaves']):
+    raise ValueError(f'{where}: the manifest lists no leaves.')
+  return manifest
+
+
+def _check_paths(names, file_names, where) -> None:
+  if names == file_names:
+    return
+  missing = [name for name in names if name not in file_names]
+  extra = [name for name in file_names if name not in names]
+  raise ValueError(
+      f'{where} does not match target: leaves of target not in the file: '
+      f'{missing}; leaves of the file not in target: {extra}' +
+      ('' if missing or extra else '; the same leaves in another order') + '.')
+
+
+def _read_key(archive, manifest, where) -> jax.Array:
+  try:
+    data = archive['init_key']
+    impl = manifest['init_key']['impl']
+    return (jnp.asarray(data) if impl is None
+            else jax.random.wrap_key_data(data, impl=impl))
+  except (KeyError, TypeError, ValueError, OSError, EOFError,
+          zipfile.BadZipFile) as error:
+    raise ValueError(f'{where}: the stored PRNG key is missing or corrupt: '
+                     f'{_describe(error)}') from error
+
+
+def _decode(archive, index, entry, like, regenerated) -> np.ndarray:
+  """Leaf ``index`` of the file as a NumPy array; raises if it cannot be exact."""
+  shape, dtype = tuple(entry['shape']), jnp.dtype(entry['dtype'])
+  if shape != tuple(like.shape) or dtype != like.dtype:
+    raise ValueError(f'the file holds {dtype.name}{list(shape)}, target '
+                     f'{jnp.dtype(like.dtype).name}{list(like.shape)}.')
+  if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+    raise ValueError(f'JAX holds {dtype.name} only with jax_enable_x64 set.')
+  size = math.prod(shape)
+  encoding = entry['encoding']
+  if encoding in ('binary', 'ranks') and not shape:
+    raise ValueError(f'a {encoding} leaf must have rank >= 1.')
+  if encoding == 'raw':
+    data = _member(archive, f'{index}.raw', np.uint8, size * dtype.itemsize)
+    return data.view(dtype).reshape(shape)
+  if encoding == 'binary':
+    value = np.frombuffer(bytes.fromhex(entry['value']), dtype)
+    if value.size != 1:
+      raise ValueError(f'the shared value {entry["value"]!r} is not one '
+                       f'{dtype.name}.')
+    packed = _member(archive, f'{index}.mask', np.uint8, -(-size // 8))
+    mask = np.unpackbits(packed, count=size, bitorder='little').astype(bool)
+    return np.where(mask, value, np.zeros((), dtype)).reshape(shape)
+  if encoding != 'ranks':
+    raise ValueError(f'unknown encoding {encoding!r}.')
+  vector_length = math.prod(shape[:-1]) if len(shape) > 1 else size
+  ranks = _read_ranks(archive, f'{index}.ranks', entry['rank_bits'],
+                      vector_length, size).reshape(shape)
+  _check_permutations(_vectors(ranks), vector_length)
+  if entry['sorted'] == 'stored':
+    bits = _member(archive, f'{index}.sorted', _bits_dtype(dtype), size)
+    sorted_init = bits.reshape(shape).view(dtype)
+    _check_sha256(sorted_init, entry['sorted_sha256'],
+                  'the stored sorted values')
+  elif entry['sorted'] == 'init':
+    sorted_init = _check_regenerated(regenerated, entry['path'], shape, dtype,
+                                     entry['sorted_sha256'], 'init_fn(key)')
+  else:
+    raise ValueError(f'unknown source of sorted values {entry["sorted"]!r}.')
+  placed = np.take_along_axis(_vectors(sorted_init), _vectors(ranks), axis=0)
+  return placed.reshape(shape)
+
+
+def _member(archive, name, dtype, size) -> np.ndarray:
+  """Member ``name``, checked to be ``size`` entries of ``dtype``."""
+  data = archive[name]
+  if data.dtype != dtype or data.size != size:
+    raise ValueError(f'member {name} holds {data.size} entries of '
+                     f'{data.dtype}, expected {size} of {np.dtype(dtype)}.')
+  return data.reshape(-1)
+
+
+def _read_ranks(archive, name, bits, vector_length, size) -> np.ndarray:
+  if bits is None:
+    data = archive[name]
+    if data.dtype != _rank_dtype(vector_length) or data.size != size:
+      raise ValueError(
+          f'member {name} holds {data.size} entries of {data.dtype}, expected '
+          f'{size} of {np.dtype(_rank_dtype(vector_length))}.')
+    return data.reshape(-1)
+  if bits != _rank_bits(vector_length):
+    raise ValueError(f'ranks packed in {bits!r} bits; vectors of length '
+                     f'{vector_length} take {_rank_bits(vector_length)}.')
+  return _unpack(_member(archive, name, np.uint8, -(-size * bits // 8)), bits,
+                 size)
+
+
+def _check_permutations(ranks, vector_length) -> None:
+  """Raises unless every column of ``ranks`` is a permutation of 0..n-1."""
+  out_of_range = ranks >= vector_length
+  if np.any(out_of_range):
+    vector = int(np.flatnonzero(out_of_range.any(axis=0))[0])
+    raise ValueError(
+        f'weight vector {vector} holds rank {int(ranks[:, vector].max())}, '
+        f'out of range for vectors of length {vector_length}.')
+  seen = np.zeros(ranks.shape, np.bool_)
+  seen[ranks, np.arange(ranks.shape[1])] = True
+  # n ranks in range cover 0..n-1 exactly when none is missing.
+  incomplete = ~seen.all(axis=0)
+  if np.any(incomplete):
+    vector = int(np.flatnonzero(incomplete)[0])
+    missing = int(np.flatnonzero(~seen[:, vector])[0])
+    raise ValueError(
+        f'the ranks of weight vector {vector} are not a permutation of '
+        f'0..{vector_length - 1}: rank {missing} is missing (another is '
+        'repeated).')
+
+
+def _check_regenerated(regenerated, name, shape, dtype, sha256,
+                       source) -> np.ndarray:
+  """The sorted values of ``name`` in ``regenerated``, checked against sha256."""
+  leaf = regenerated.get(name)
+  if leaf is None:
+    raise ValueError(f'{source} returns params without leaf {name}.')
+  if tuple(jnp.shape(leaf)) != tuple(shape) or jnp.result_type(leaf) != dtype:
+    raise ValueError(
+        f'{source} regenerates leaf {name} as {jnp.result_type(leaf)}'
+        f'{list(jnp.shape(leaf))}, not {jnp.dtype(dtype).name}{list(shape)}.')
+  sorted_init = np.asarray(_sort_vectors(leaf))
+  _check_sha256(sorted_init, sha256,
+                f'the sorted initial values that {source} regenerates for '
+                f'leaf {name}')
+  return sorted_init
+
+
+def _check_sha256(values, sha256, what) -> None:
+  if _sha256(values) != sha256:
+    raise ValueError(
+        f'{what} differ from the exported ones (SHA-256 mismatch: another '
+        'key, init function or pruning, or a modified file).')
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers.
+
+
+def _vectors(array: np.ndarray) -> np.ndarray:
+  """NumPy's :func:`as_vectors`: the ``(vector_length, num_vectors)`` view."""
+  return array.reshape(-1, 1) if array.ndim == 1 else array.reshape(
+      -1, array.shape[-1])
+
+
+def _bits_dtype(dtype) -> np.dtype:
+  return np.dtype(f'<u{np.dtype(dtype).itemsize}')
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+  """``array``'s bit patterns, as unsigned integers of its width."""
+  return np.ascontiguousarray(array).view(_bits_dtype(array.dtype))
+
+
+def _sha256(values: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+def _rank_bits(vector_length: int) -> int:
+  """``ceil(log2 n)`` bits (at least 1) hold the ranks 0..n-1."""
+  return max(1, (vector_length - 1).bit_length())
+
+
+def _rank_dtype(vector_length: int) -> np.dtype:
+  for dtype in (np.uint8, np.uint16):
+    if vector_length - 1 <= np.iinfo(dtype).max:
+      return np.dtype(dtype)
+  return np.dtype(np.uint32)
+
+
+def _pack(ranks: np.ndarray, bits: int) -> np.ndarray:
+  """The low ``bits`` bits of every uint32 rank, concatenated, LSB first."""
+  every_bit = np.unpackbits(ranks.astype('<u4').view(np.uint8).reshape(-1, 4),
+                            axis=1, bitorder='little')
+  return np.packbits(every_bit[:, :bits].reshape(-1), bitorder='little')
+
+
+def _unpack(packed: np.ndarray, bits: int, size: int) -> np.ndarray:
+  """Inverse of :func:`_pack`: ``size`` ranks as uint32."""
+  low_bits = np.unpackbits(packed, count=size * bits,
+                           bitorder='little').reshape(size, bits)
+  every_bit = np.zeros((size, 32), np.uint8)
+  every_bit[:, :bits] = low_bits
+  return np.packbits(every_bit, axis=1, bitorder='little').view('<u4')[:, 0]
+
+
+def _describe(error: BaseException) -> str:
+  return str(error) if isinstance(error, ValueError) else (
+      f'{type(error).__name__}: {error}')
