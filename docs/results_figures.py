@@ -1,0 +1,260 @@
+"""Draws the figures of docs/RESULTS.md from the runs of scripts/results.sh.
+
+  python docs/results_figures.py --runs runs/results --out docs/results
+
+Reads each run's ``metrics.json`` and, for the conv runs, its final orbax
+checkpoint; regenerates the initial weights from the run's config and seed
+(``experiments.train.create_train_state``, as training did) and checks that
+LaPerm's trained kernels, synchronized with ``lp.synchronize``, are exact
+permutations of them. Writes (each skipped when its runs are missing):
+
+- ``a3_training_monitor.png``: Fig. 13, the four A.3 settings, monitoring
+  the input layer (``runs/a3-all``).
+- ``conv_prune_sweep.png``: test accuracy against the kept fraction.
+- ``a3_weight_profiles.png``: Figs. 11-12 style, the A.3 MLP at init and
+  after Adam's and SGD's 30 epochs.
+- ``conv_weight_profiles.png``: three conv kernels at init, after LaPerm
+  (synced) and after Adam.
+- ``conv_permutation_cycles.png``: Fig. 14 style, initial -> trained.
+- ``checks.json``: the exact-permutation checks (the conv run in detail,
+  then every ``*/laperm`` run) and cycle statistics.
+
+Run from the repository root (it imports ``experiments``).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import laperm_jax as lp  # pylint: disable=g-import-not-at-top,wrong-import-position
+from laperm_jax import plots  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import monitor  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+DPI = 70
+
+
+def _metrics(run_dir: pathlib.Path) -> dict:
+  return json.loads((run_dir / 'metrics.json').read_text())
+
+
+def a3_monitor(runs: pathlib.Path, out: pathlib.Path, study: str,
+               filename: str, layer_name: str) -> list[pathlib.Path]:
+  """Fig. 13 from the monitor records in the A.3 runs' metrics.json."""
+  study_dir = runs / study
+  names = ('sgd', 'adam', 'adam-dropout', 'adam-l2')
+  if not all((study_dir / name / 'metrics.json').exists() for name in names):
+    print(f'skip A.3 monitor: no {study_dir}/*/metrics.json')
+    return []
+  # From epoch 1: the untrained net's validation loss (~3.6) would flatten
+  # the loss row. Epoch 1's ranking distance is still measured from init.
+  records = {name: monitor.stack(monitor.from_json(
+      _metrics(study_dir / name)['monitor'])[1:]) for name in names}
+  path = plots.plot_training_monitor(records, out / filename,
+                                     layer_name=layer_name, dpi=DPI)
+  return [path]
+
+
+def prune_sweep(runs: pathlib.Path, out: pathlib.Path,
+                dense_run: pathlib.Path) -> list[pathlib.Path]:
+  """Test accuracy of LaPerm's best and final weights vs kept fraction."""
+  points = []
+  if (dense_run / 'metrics.json').exists():
+    points.append((1.0, _metrics(dense_run)))
+  for run_dir in sorted(runs.glob('conv-prune-*/laperm')):
+    metrics = _metrics(run_dir) if (run_dir / 'metrics.json').exists() else None
+    if metrics is not None:
+      points.append((1.0 - metrics['config']['init']['prune_rate'], metrics))
+  if len(points) < 2:
+    print('skip prune sweep: fewer than two runs')
+    return []
+  points.sort(key=lambda point: point[0])
+  kept = [point[0] for point in points]
+  best = [point[1]['test_accuracy_of_best'] for point in points]
+  final = [point[1]['final_test_accuracy'] for point in points]
+  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  figure = figure_lib.Figure(figsize=(4.5, 3.2), layout='constrained')
+  backend_agg.FigureCanvasAgg(figure)
+  ax = figure.subplots()
+  ax.plot(kept, best, 'o-', label='best weights (picked on validation)')
+  ax.plot(kept, final, 's--', label='final weights')
+  for x, y in zip(kept, best):
+    ax.annotate(f'{y:.3f}', (x, y), textcoords='offset points',
+                xytext=(0, 6), ha='center', fontsize=7)
+  ax.axhline(0.1, color='gray', linewidth=0.8, linestyle=':')
+  ax.text(0.6, 0.11, 'chance', fontsize=7, color='gray')
+  ax.set_xlabel('kept fraction of each kernel (input layer: at least 0.8)')
+  ax.set_ylabel('test accuracy (synced)')
+  config = points[0][1]['config']
+  ax.set_title(f'LaPerm, {config["model"]["name"]}, Fashion-MNIST '
+               f'({config["max_examples"]} images per split, '
+               f'{config["epochs"]} epochs, k={config["optimizer"]["sync_period"]})',
+               fontsize=8)
+  ax.set_ylim(0, 1)
+  ax.invert_xaxis()
+  ax.legend(fontsize=7, loc='upper right')
+  path = out / 'conv_prune_sweep.png'
+  figure.savefig(path, dpi=110)
+  return [path]
+
+
+def _restore(run_dir: pathlib.Path):
+  """The run's config, its initial params and its final train state."""
+  config = ml_collections.ConfigDict(_metrics(run_dir)['config'])
+  model = models.create(config.model, 10)
+  steps_per_epoch = 1  # Shapes only: the schedule's length is not stored.
+  state = train.create_train_state(config, model, (28, 28, 1),
+                                   steps_per_epoch)
+  initial = optimizers.train_params(state.params)
+  eval_params = optimizers.eval_params(state.params, state.opt_state)
+  tracked = {'state': state, 'best_params': eval_params,
+             'best_batch_stats': state.batch_stats,
+             'previous_kernel': monitor.get_leaf(
+                 eval_params, monitor.first_kernel_path(eval_params))}
+  with ocp.CheckpointManager((run_dir / 'checkpoints').absolute()) as manager:
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, tracked))))
+  return config, initial, restored.arrays['state'], step, restored.arrays
+
+
+def _kernels(params) -> dict[str, jax.Array]:
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {jax.tree_util.keystr(path): leaf for path, leaf in flat
+          if np.ndim(leaf) >= 2}
+
+
+def conv_figures(runs: pathlib.Path, out: pathlib.Path,
+                 checks: dict) -> list[pathlib.Path]:
+  """Profiles before/after, the exact-permutation check, one cycle plot."""
+  written = []
+  laperm_dir = runs / 'conv' / 'laperm'
+  if not (laperm_dir / 'metrics.json').exists():
+    print(f'skip conv figures: no {laperm_dir}/metrics.json')
+    return written
+  config, initial, state, step, _ = _restore(laperm_dir)
+  synced = lp.synchronize(state.params, state.opt_state)
+  # The check: every kernel's weight vectors hold exactly the initial values.
+  exact, changed = {}, {}
+  for name, before in _kernels(initial).items():
+    after = _kernels(synced)[name]
+    same_values = bool(jnp.array_equal(lp.weight_profiles(before),
+                                       lp.weight_profiles(after)))
+    exact[name] = same_values
+    changed[name] = float(jnp.mean(before != after))
+  raw_vs_synced = {name: float(jnp.max(jnp.abs(leaf - _kernels(synced)[name])))
+                   for name, leaf in _kernels(state.params).items()}
+  checks['conv_laperm'] = {
+      'run': str(laperm_dir), 'checkpoint_step': step,
+      'model': config.model.name, 'seed': config.seed,
+      'kernels_exact_permutation_of_initial': exact,
+      'fraction_of_entries_moved': changed,
+      'max_abs_raw_minus_synced': raw_vs_synced}
+  print('exact permutation of the initial kernels:', exact)
+  shown = ('Conv_1', 'Conv_5', 'head')  # 288, 1600 and 128 per vector.
+  profiles = {'initial': {name: initial[name]['kernel'] for name in shown},
+              'laperm': {name: synced[name]['kernel'] for name in shown}}
+  adam_dir = runs / 'conv' / 'adam'
+  if (adam_dir / 'metrics.json').exists():
+    _, adam_initial, adam_state, _, _ = _restore(adam_dir)
+    profiles['adam'] = {name: adam_state.params[name]['kernel']
+                        for name in shown}
+    checks['conv_adam_same_initial_weights'] = all(
+        bool(jnp.array_equal(a, b)) for a, b in zip(
+            jax.tree.leaves(adam_initial), jax.tree.leaves(initial)))
+  written.append(plots.plot_weight_profiles(
+      profiles, out / 'conv_weight_profiles.png', max_vectors=30, dpi=DPI))
+  # Fig. 14: the head's weight vectors have 128 entries, as in the paper.
+  kernels_initial, kernels_synced = _kernels(initial), _kernels(synced)
+  name = next(key for key in kernels_initial if 'head' in key)
+  summary = lp.cycle_summary(kernels_initial[name], kernels_synced[name])
+  checks['conv_laperm_cycles'] = {
+      'kernel': name, 'vector_length': int(kernels_initial[name].shape[0]),
+      'num_cycles': summary.num_cycles.tolist(),
+      'longest_cycle': summary.longest_cycle.tolist(),
+      'fraction_moved': summary.fraction_moved.tolist()}
+  written.append(plots.plot_permutation_cycles(
+      kernels_initial[name], kernels_synced[name],
+      out / 'conv_permutation_cycles.png', vector_index=0, dpi=DPI))
+  return written
+
+
+def a3_profiles(runs: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
+  """Figs. 11-12 style: the A.3 MLP's kernels at init and after 30 epochs."""
+  runs_shown = [name for name in ('adam', 'sgd')
+                if (runs / 'a3-all' / name / 'metrics.json').exists()]
+  if not runs_shown:
+    print('skip A.3 profiles: no A.3 runs')
+    return []
+  profiles = {}
+  for name in runs_shown:
+    _, initial, _, _, arrays = _restore(runs / 'a3-all' / name)
+    best_epoch = _metrics(runs / 'a3-all' / name)['best_epoch']
+    if not profiles:
+      profiles['initial'] = {layer: initial[layer]['kernel']
+                             for layer in ('hidden1', 'hidden2', 'head')}
+    profiles[f'{name} best, epoch {best_epoch}'] = {
+        layer: arrays['best_params'][layer]['kernel']
+        for layer in ('hidden1', 'hidden2', 'head')}
+  return [plots.plot_weight_profiles(
+      profiles, out / 'a3_weight_profiles.png', max_vectors=30, dpi=DPI)]
+
+
+def check_all_laperm_runs(runs: pathlib.Path, checks: dict) -> None:
+  """The exact-permutation check on every LaPerm run under ``runs``."""
+  results = {}
+  for run_dir in sorted(runs.glob('*/laperm')):
+    if not (run_dir / 'metrics.json').exists():
+      continue
+    _, initial, state, step, _ = _restore(run_dir)
+    synced = lp.synchronize(state.params, state.opt_state)
+    kernels_synced = _kernels(synced)
+    results[str(run_dir)] = {
+        'checkpoint_step': step,
+        'all_kernels_exact_permutation': all(
+            bool(jnp.array_equal(lp.weight_profiles(before),
+                                 lp.weight_profiles(kernels_synced[name])))
+            for name, before in _kernels(initial).items()),
+        'fraction_moved': {
+            name: round(float(jnp.mean(before != kernels_synced[name])), 4)
+            for name, before in _kernels(initial).items()}}
+    print(run_dir, results[str(run_dir)]['all_kernels_exact_permutation'])
+  checks['all_laperm_runs'] = results
+
+
+def main() -> None:
+  cli = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  cli.add_argument('--runs', type=pathlib.Path, default='runs/results')
+  cli.add_argument('--out', type=pathlib.Path, default='docs/results')
+  args = cli.parse_args()
+  args.out.mkdir(parents=True, exist_ok=True)
+  checks = {}
+  written = a3_monitor(args.runs, args.out, 'a3-all',
+                       'a3_training_monitor.png', 'hidden1 (784x100)')
+  written += a3_profiles(args.runs, args.out)
+  written += conv_figures(args.runs, args.out, checks)
+  written += prune_sweep(args.runs, args.out, args.runs / 'conv' / 'laperm')
+  check_all_laperm_runs(args.runs, checks)
+  if checks:
+    path = args.out / 'checks.json'
+    path.write_text(json.dumps(checks, indent=1))
+    written.append(path)
+  for path in written:
+    print(f'wrote {path} ({path.stat().st_size // 1024} KB)')
+
+
+if __name__ == '__main__':
+  main()
