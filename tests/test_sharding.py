@@ -62,16 +62,12 @@ Dense kernel ``(64, 32)``, a Conv kernel ``(3, 3, 8, 16)`` and a bias:
 """
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
 
 DEVICES = 8
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 COLLECTIVES = ('all-gather', 'all-to-all', 'collective-permute', 'all-reduce',
                'reduce-scatter', 'collective-broadcast', 'ragged-all-to-all')
 
@@ -82,49 +78,9 @@ def collectives(hlo_text):
   return re.findall(pattern, hlo_text)
 
 
-def multi_device_env(devices=DEVICES):
-  """The environment of a subprocess that sees ``devices`` host devices."""
-  env = dict(os.environ)
-  flags = [flag for flag in env.get('XLA_FLAGS', '').split()
-           if 'xla_force_host_platform_device_count' not in flag]
-  env['XLA_FLAGS'] = ' '.join(
-      flags + [f'--xla_force_host_platform_device_count={devices}'])
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = os.pathsep.join(
-      [str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
-  return env
-
-
-def _once_per_session(tmp_path_factory, name, compute):
-  """``compute()``'s JSON result, computed once even under pytest-xdist.
-
-  Workers of one session share the parent of their base temporary
-  directories: the first to take the lock computes, the others read.
-  """
-  if not os.environ.get('PYTEST_XDIST_WORKER'):
-    return compute()
-  import fcntl  # pylint: disable=import-outside-toplevel
-  shared = tmp_path_factory.getbasetemp().parent / name
-  with open(f'{shared}.lock', 'w', encoding='utf-8') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if shared.is_file():
-      return json.loads(shared.read_text())
-    result = compute()
-    shared.write_text(json.dumps(result))
-    return result
-
-
 @pytest.fixture(scope='module')
-def results(tmp_path_factory):
-  def compute():
-    completed = subprocess.run(
-        [sys.executable, str(pathlib.Path(__file__).resolve())],
-        env=multi_device_env(), cwd=ROOT, capture_output=True, text=True,
-        timeout=600, check=False)
-    assert completed.returncode == 0, completed.stderr[-10000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-  return _once_per_session(tmp_path_factory, 'test_sharding.json', compute)
+def results(run_on_host_devices):
+  return run_on_host_devices(pathlib.Path(__file__).resolve())
 
 
 def _check(results, name):

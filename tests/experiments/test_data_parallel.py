@@ -11,9 +11,7 @@ on 1, and prints what the tests below check as JSON. (Here the 8-device results 
 """
 
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -25,53 +23,12 @@ from experiments import configs
 from experiments import train
 
 DEVICES = 8
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _env():
-  env = dict(os.environ)
-  flags = [flag for flag in env.get('XLA_FLAGS', '').split()
-           if 'xla_force_host_platform_device_count' not in flag]
-  env['XLA_FLAGS'] = ' '.join(
-      flags + [f'--xla_force_host_platform_device_count={DEVICES}'])
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = os.pathsep.join(
-      [str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
-  return env
-
-
-def _once_per_session(tmp_path_factory, name, compute):
-  """``compute()``'s JSON result, computed once even under pytest-xdist.
-
-  Workers of one session share the parent of their base temporary
-  directories: the first to take the lock computes, the others read.
-  """
-  if not os.environ.get('PYTEST_XDIST_WORKER'):
-    return compute()
-  import fcntl  # pylint: disable=import-outside-toplevel
-  shared = tmp_path_factory.getbasetemp().parent / name
-  with open(f'{shared}.lock', 'w', encoding='utf-8') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if shared.is_file():
-      return json.loads(shared.read_text())
-    result = compute()
-    shared.write_text(json.dumps(result))
-    return result
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-  def compute():
-    workdir = tmp_path_factory.mktemp('data_parallel')
-    completed = subprocess.run(
-        [sys.executable, str(pathlib.Path(__file__).resolve()), str(workdir)],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600,
-        check=False)
-    assert completed.returncode == 0, completed.stderr[-10000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-  return _once_per_session(tmp_path_factory, 'test_data_parallel.json',
-                           compute)
+def runs(run_on_host_devices, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('data_parallel')
+  return run_on_host_devices(pathlib.Path(__file__).resolve(), str(workdir))
 
 
 def test_runs_on_eight_devices_with_replicated_state(runs):
