@@ -91,6 +91,28 @@ def batches(rng):
     batch = order[start:start + BATCH_SIZE]
     yield x_train[batch], y_train[batch]'''
 
+# The train step of notebooks 01 and 02.
+TRAIN_STEP = '''
+def loss_and_logits(params, x, y):
+  logits = model.apply({'params': params}, x)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return loss, logits
+
+
+@jax.jit
+def train_step(state, x, y):
+  grads = jax.grad(lambda p: loss_and_logits(p, x, y)[0])(state.params)
+  return state.apply_gradients(grads=grads)
+
+
+@jax.jit
+def evaluate(params):
+  loss, logits = loss_and_logits(params, x_test, y_test)
+  return loss, jnp.mean(jnp.argmax(logits, axis=-1) == y_test)
+
+
+synchronize = jax.jit(lp.synchronize)'''
+
 BITWISE = '''\
 def same_values(a, b):
   """Whether every weight vector (column) of ``a`` holds exactly the values of
@@ -171,26 +193,7 @@ values, so LaPerm is evaluated on `lp.synchronize(params, opt_state)`: the
 weights a sync would give right now, an exact permutation of the initial
 ones.
 '''),
-    code('''
-def loss_and_logits(params, x, y):
-  logits = model.apply({'params': params}, x)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss, logits
-
-
-@jax.jit
-def train_step(state, x, y):
-  grads = jax.grad(lambda p: loss_and_logits(p, x, y)[0])(state.params)
-  return state.apply_gradients(grads=grads)
-
-
-@jax.jit
-def evaluate(params):
-  loss, logits = loss_and_logits(params, x_test, y_test)
-  return loss, jnp.mean(jnp.argmax(logits, axis=-1) == y_test)
-
-
-synchronize = jax.jit(lp.synchronize)
+    code(TRAIN_STEP + '''
 ''' + '\n\n' + BATCHES + '''
 
 
@@ -361,26 +364,7 @@ vector, over the vector length) and the held-out loss. LaPerm is measured on
 `lp.synchronize(params, opt_state)`, the weights right after a sync. The
 first two syncs of the unpruned LaPerm run are kept for the cycle picture.
 '''),
-    code('''
-def loss_and_logits(params, x, y):
-  logits = model.apply({'params': params}, x)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss, logits
-
-
-@jax.jit
-def train_step(state, x, y):
-  grads = jax.grad(lambda p: loss_and_logits(p, x, y)[0])(state.params)
-  return state.apply_gradients(grads=grads)
-
-
-@jax.jit
-def evaluate(params):
-  loss, logits = loss_and_logits(params, x_test, y_test)
-  return loss, jnp.mean(jnp.argmax(logits, axis=-1) == y_test)
-
-
-synchronize = jax.jit(lp.synchronize)
+    code(TRAIN_STEP + '''
 
 
 @jax.jit
