@@ -56,16 +56,13 @@ import optax
 
 from laperm_jax import _laperm
 from laperm_jax import _weight_vectors
+from laperm_jax._weight_vectors import as_vectors
 
 FORMAT = 'laperm_jax.permutations'
 VERSION = 1
 
 InitFn = Callable[[jax.Array], optax.Params]
 PathLike = Union[str, os.PathLike]
-
-_ranks = jax.jit(_weight_vectors.ranks)
-_sort_vectors = jax.jit(_weight_vectors.sort_vectors)
-
 
 def export_permutations(
     params: optax.Params,
@@ -287,8 +284,9 @@ def _encode_permuted(index, name, param, sorted_init, regenerated, pack_ranks,
     raise ValueError(
         f'export_permutations: leaf {name} holds a non-finite value, so its '
         'weight vector has no rank order (a sync makes it NaN).')
-  ranks = np.asarray(_ranks(param)).astype(np.uint32)
-  synced = np.take_along_axis(_vectors(sorted_init), _vectors(ranks), axis=0)
+  ranks = np.asarray(_weight_vectors.ranks(param)).astype(np.uint32)
+  synced = np.take_along_axis(as_vectors(sorted_init), as_vectors(ranks),
+                              axis=0)
   entry = {'sha256': _sha256(synced)}
   value = _shared_value(sorted_init) if binary else None
   if value is not None:
@@ -296,7 +294,7 @@ def _encode_permuted(index, name, param, sorted_init, regenerated, pack_ranks,
         _bits(synced).reshape(-1) != 0, bitorder='little')
     return {**entry, 'encoding': 'binary', 'value': value.tobytes().hex()}
   entry['sorted_sha256'] = _sha256(sorted_init)
-  vector_length = _vectors(ranks).shape[0]
+  vector_length = as_vectors(ranks).shape[0]
   if pack_ranks:
     bits = _rank_bits(vector_length)
     arrays[f'{index}.ranks'] = _pack(ranks.reshape(-1), bits)
@@ -413,7 +411,7 @@ def _decode(archive, index, entry, like, regenerated) -> np.ndarray:
   vector_length = math.prod(shape[:-1]) if len(shape) > 1 else size
   ranks = _read_ranks(archive, f'{index}.ranks', entry['rank_bits'],
                       vector_length, size).reshape(shape)
-  _check_permutations(_vectors(ranks), vector_length)
+  _check_permutations(as_vectors(ranks), vector_length)
   if entry['sorted'] == 'stored':
     bits = _member(archive, f'{index}.sorted', _bits_dtype(dtype), size)
     sorted_init = bits.reshape(shape).view(dtype)
@@ -424,7 +422,8 @@ def _decode(archive, index, entry, like, regenerated) -> np.ndarray:
                                      entry['sorted_sha256'], 'init_fn(key)')
   else:
     raise ValueError(f'unknown source of sorted values {entry["sorted"]!r}.')
-  placed = np.take_along_axis(_vectors(sorted_init), _vectors(ranks), axis=0)
+  placed = np.take_along_axis(as_vectors(sorted_init), as_vectors(ranks),
+                              axis=0)
   return placed.reshape(shape)
 
 
@@ -483,7 +482,7 @@ def _check_regenerated(regenerated, name, shape, dtype, sha256,
     raise ValueError(
         f'{source} regenerates leaf {name} as {jnp.result_type(leaf)}'
         f'{list(jnp.shape(leaf))}, not {jnp.dtype(dtype).name}{list(shape)}.')
-  sorted_init = np.asarray(_sort_vectors(leaf))
+  sorted_init = np.asarray(_weight_vectors.sort_vectors(leaf))
   _check_sha256(sorted_init, sha256,
                 f'the sorted initial values that {source} regenerates for '
                 f'leaf {name}')
@@ -499,12 +498,6 @@ def _check_sha256(values, sha256, what) -> None:
 
 # ---------------------------------------------------------------------------
 # Shared helpers.
-
-
-def _vectors(array: np.ndarray) -> np.ndarray:
-  """NumPy's :func:`as_vectors`: the ``(vector_length, num_vectors)`` view."""
-  return array.reshape(-1, 1) if array.ndim == 1 else array.reshape(
-      -1, array.shape[-1])
 
 
 def _bits_dtype(dtype) -> np.dtype:

@@ -75,6 +75,12 @@ def sort_vectors(leaf: jax.Array) -> jax.Array:
     Array([[1., 0.],
            [3., 2.]], dtype=float32)
   """
+  return _sort_vectors(leaf)
+
+
+# Jitted so that eager calls compile once per shape, not once per operation.
+@jax.jit
+def _sort_vectors(leaf: jax.Array) -> jax.Array:
   return _from_rows(jnp.sort(_rows(leaf), axis=1), leaf.shape)
 
 
