@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 import laperm_jax as lp
+from laperm_jax import _weight_vectors
 
 # Kernel shapes of the paper's networks (JAX layout, output axis last).
 MODELS = {
@@ -62,15 +63,12 @@ def _reference_sync(params, sorted_init):
 
 
 def _key_value_sync(params, opt_state):
-  """The sync with one stable key-value sort per leaf, on any platform."""
+  """The sync with the GPU/TPU order (one key-value sort) on any platform."""
 
   def leaf(param, sorted_values):
-    rows = lp.as_vectors(param).T
-    positions = jax.lax.broadcasted_iota(jnp.int32, rows.shape, 1)
-    _, order = jax.lax.sort((rows, positions), dimension=1, num_keys=1,
-                            is_stable=True)
-    placed = jax.vmap(lambda o, v: jnp.zeros_like(v).at[o].set(
-        v, unique_indices=True))(order, lp.as_vectors(sorted_values).T)
+    order = _weight_vectors._comparison_rank_order(lp.as_vectors(param).T)  # pylint: disable=protected-access
+    placed = jax.vmap(_weight_vectors._scatter_row)(  # pylint: disable=protected-access
+        order, lp.as_vectors(sorted_values).T)
     return placed.T.reshape(param.shape)
 
   return jax.tree.map(leaf, params, opt_state.sorted_init)
