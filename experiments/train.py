@@ -1,4 +1,4 @@
-"""Training and evaluation: a jitted epoch, checkpoints, best-weights tracking.
+"""Training and evaluation: jitted steps, checkpoints, best-weights tracking.
 
 The training split sits on the device; per epoch one jitted call draws the
 shuffled batch indices and step keys, and one jitted, state-donating call
@@ -18,7 +18,7 @@ Data parallel: ``config.devices`` (``--devices``; default 1, 0 for all local
 devices) runs every step on that many devices of a 1-D ``('batch',)``
 ``Mesh``. The datasets, params and optimizer state are replicated on each
 device; every drawn batch is sharded along its batch axis (a sharding
-constraint inside the jitted epoch, so each device gathers and augments only
+constraint inside the jitted step, so each device gathers and augments only
 its part), and XLA all-reduces the gradients, the BatchNorm statistics and
 the metrics. The optimizer step, LaPerm's syncs included, runs replicated, so
 the weights stay identical on every device. Results equal one device's up to
@@ -218,7 +218,7 @@ def make_train_epoch(config: ml_collections.ConfigDict, model: nn.Module,
                      steps_per_epoch: int,
                      mesh: Optional[jax.sharding.Mesh] = None
                      ) -> Callable[..., Any]:
-  """The jitted ``(state, images, labels, key) -> (state, metrics)`` epoch.
+  """The ``(state, images, labels, key) -> (state, metrics)`` epoch.
 
   With a ``mesh``, each batch is sharded along the mesh's ``'batch'`` axis
   and the returned state and metrics are replicated.
@@ -255,14 +255,15 @@ def make_train_epoch(config: ml_collections.ConfigDict, model: nn.Module,
         steps_per_epoch, config.batch_size)
     return order, jax.random.split(steps_key, steps_per_epoch)
 
-  # Not donated: the best weights kept between epochs may share the
-  # state's buffers.
-  @functools.partial(jax.jit, out_shardings=(
-      None if mesh is None else _replicated(mesh)))
   def step(state, images, labels, order, step_keys, index):
     batch_images, batch_labels = _shard_batch(
         mesh, (images[order[index]], labels[order[index]]))
     return train_step(state, batch_images, batch_labels, step_keys[index])
+
+  # Not donated: the best weights kept between epochs may share the
+  # state's buffers.
+  step = jax.jit(step) if mesh is None else jax.jit(
+      step, out_shardings=_replicated(mesh))
 
   def train_epoch(state, images, labels, key):
     order, step_keys = draw(key, images.shape[0])
@@ -347,9 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains one run, evaluates and checkpoints it, writes its metrics.
 
   Args:
-    config: The run's config (see ``experiments/configs/base.py``; an
-      optional ``devices`` field, default 1, asks for data parallelism over
-      that many local devices, 0 for all).
+    config: The run's config (see ``experiments/configs/base.py``; its
+      ``devices`` field asks for data parallelism over that many local
+      devices, 0 for all).
     splits: Normalized ``train``, ``validation`` and ``test`` splits.
     num_classes: Classes of the dataset.
     workdir: Where the run writes ``checkpoints/`` and ``metrics.json``.
@@ -360,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The :class:`RunResult`.
   """
   start = time.perf_counter()
-  mesh = make_mesh(config.get('devices', 1))
+  mesh = make_mesh(config.devices)
   if mesh is not None and config.batch_size % mesh.size:
     raise ValueError(f'batch_size {config.batch_size} is not divisible by '
                      f'the {mesh.size} devices of the run.')
