@@ -10,7 +10,9 @@ source:
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 - ``mnist``, ``fashion_mnist``, ``cifar10`` (or ``tfds:NAME``): a
   tensorflow-datasets dataset prepared as ``array_record`` under
-  ``data_dir``, read with ``tfds.data_source`` (no TensorFlow needed).
+  ``data_dir``, read with ``tfds.data_source`` (no TensorFlow needed);
+  :mod:`experiments.download` prepares the first three where there is
+  network.
 
 A source that is not available raises :class:`DataUnavailableError` saying
 how to get it; nothing falls back to another dataset. The validation split
@@ -90,17 +92,13 @@ def load(spec: str, *, data_dir: Optional[str] = None,
     DataUnavailableError: The data is not on this machine.
     ValueError: Unknown spec or a validation split too large.
   """
+  check_spec(spec)
   if spec == EMBEDDED:
     train, test, pixel_max = _load_digits(seed)
   elif spec.startswith('idx:'):
     train, test, pixel_max = _load_idx(pathlib.Path(spec[len('idx:'):]))
-  elif spec.removeprefix('tfds:') in TFDS_NAMES or spec.startswith('tfds:'):
-    train, test, pixel_max = _load_tfds(spec.removeprefix('tfds:'), data_dir)
   else:
-    raise ValueError(
-        f'Unknown dataset {spec!r}: use {EMBEDDED!r} (embedded), '
-        f'"idx:DIR" (MNIST-format IDX .gz files), or one of {TFDS_NAMES} '
-        '(prepared tensorflow-datasets data).')
+    train, test, pixel_max = _load_tfds(tfds_name(spec), data_dir)
   if not 0 < validation_size < len(train.labels):
     raise ValueError(
         f'validation_size {validation_size} must be in (0, '
@@ -115,6 +113,49 @@ def load(spec: str, *, data_dir: Optional[str] = None,
       num_classes=int(max(train.labels.max(), test.labels.max())) + 1,
       pixel_max=pixel_max,
   )
+
+
+def tfds_name(spec: str) -> Optional[str]:
+  """The tensorflow-datasets name ``spec`` asks for; None for other sources."""
+  if spec.startswith('tfds:'):
+    return spec[len('tfds:'):]
+  return spec if spec in TFDS_NAMES else None
+
+
+def check_spec(spec: str) -> None:
+  """Raises ValueError unless ``spec`` names a source :func:`load` knows."""
+  if spec != EMBEDDED and not spec.startswith('idx:') and not tfds_name(spec):
+    raise ValueError(
+        f'Unknown dataset {spec!r}: use {EMBEDDED!r} (embedded), '
+        f'"idx:DIR" (MNIST-format IDX .gz files), or one of {TFDS_NAMES} '
+        '(tensorflow-datasets data).')
+
+
+def train_size(spec: str, *, data_dir: Optional[str] = None,
+               seed: int = 0) -> int:
+  """Training examples of a source, validation included, without its images.
+
+  Args:
+    spec: As for :func:`load`; a TFDS dataset must be prepared.
+    data_dir: Where TFDS data is prepared (TFDS's default when None).
+    seed: Seed of the digits train/test split (its size does not depend on
+      it).
+
+  Returns:
+    The size of the source's training split.
+
+  Raises:
+    DataUnavailableError: The data is not on this machine.
+  """
+  check_spec(spec)
+  if spec == EMBEDDED:
+    return len(_load_digits(seed)[0].labels)
+  if spec.startswith('idx:'):
+    directory = pathlib.Path(spec[len('idx:'):])
+    _check_idx_files(directory)
+    return len(read_idx(directory / IDX_FILES['train'][1]))
+  return _tfds_builder(tfds_name(spec), data_dir).info.splits[
+      'train'].num_examples
 
 
 def take(dataset: Dataset, max_examples: int) -> Dataset:
@@ -191,7 +232,7 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
   return data.reshape(shape)
 
 
-def _load_idx(directory: pathlib.Path) -> tuple[Split, Split, float]:
+def _check_idx_files(directory: pathlib.Path) -> None:
   missing = [name for files in IDX_FILES.values() for name in files
              if not (directory / name).is_file()]
   if missing:
@@ -200,6 +241,10 @@ def _load_idx(directory: pathlib.Path) -> tuple[Split, Split, float]:
         'Ubuntu, `apt-get install dataset-fashion-mnist` puts Fashion-MNIST '
         'in /usr/share/datasets/fashion-mnist; or copy the four IDX .gz '
         'files of MNIST there.')
+
+
+def _load_idx(directory: pathlib.Path) -> tuple[Split, Split, float]:
+  _check_idx_files(directory)
   splits = []
   for images_file, labels_file in IDX_FILES.values():
     images = read_idx(directory / images_file)[..., None]
@@ -211,19 +256,33 @@ def _load_idx(directory: pathlib.Path) -> tuple[Split, Split, float]:
   return splits[0], splits[1], 255.0
 
 
-def _load_tfds(name: str, data_dir: Optional[str]) -> tuple[Split, Split,
-                                                             float]:
+def not_prepared(name: str, data_dir: str, reason: str
+                 ) -> DataUnavailableError:
+  """The error for a TFDS dataset that is not prepared, saying why and how."""
+  return DataUnavailableError(
+      f'tensorflow-datasets has no prepared {name!r} in {data_dir}{reason}. '
+      'Prepare it where there is network (`python -m experiments` downloads '
+      f'it there, see --download; or `tfds build {name} '
+      '--file_format=array_record`, which needs TensorFlow), then copy it '
+      'here and pass --data-dir; or run on the embedded set with --dataset '
+      'digits, or on local IDX files with --dataset idx:DIR.')
+
+
+def _tfds_builder(name: str, data_dir: Optional[str]):
+  """The registered builder of a prepared dataset; raises if unprepared."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   # Without network, reading an unprepared dataset retries DNS for minutes
   # before failing: check for prepared data first.
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    raise DataUnavailableError(
-        f'tensorflow-datasets has no prepared {name!r} in {builder.data_dir}. '
-        f'Prepare it where there is network (`tfds build {name} '
-        '--file_format=array_record`, or `tfds.data_source(...)` once), then '
-        'pass --data-dir; or run on the embedded set with --dataset digits, '
-        'or on local IDX files with --dataset idx:DIR.')
+    raise not_prepared(name, builder.data_dir, '')
+  return builder
+
+
+def _load_tfds(name: str, data_dir: Optional[str]) -> tuple[Split, Split,
+                                                             float]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _tfds_builder(name, data_dir)
   sources = tfds.data_source(name, data_dir=data_dir)
   splits = []
   for split in ('train', 'test'):
