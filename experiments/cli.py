@@ -8,6 +8,7 @@ figures into the output directory.
 import argparse
 import ast
 import datetime
+import difflib
 import pathlib
 import sys
 from typing import Any, Optional, Sequence
@@ -16,6 +17,7 @@ import ml_collections
 
 from experiments import configs
 from experiments import data
+from experiments import download
 from experiments import report
 from experiments import train
 
@@ -24,13 +26,90 @@ QUICK_OVERRIDES = {'epochs': 2, 'max_examples': 256, 'batch_size': 32,
                    'eval_batch_size': 128}
 QUICK_MAX_SYNC_PERIOD = 4
 QUICK_MAX_VALIDATION = 128
+# A preset's validation split that does not fit a small dataset becomes this
+# fraction of its training examples (CIFAR-10's 5000 of 50000).
+SMALL_VALIDATION_FRACTION = 0.1
 
 
-def _parse_value(text: str) -> Any:
+class UsageError(ValueError):
+  """Bad command-line input; ``main`` reports it as argparse does."""
+
+
+def _closest(word: str, known: Sequence[str]) -> str:
+  """`` (did you mean X?)`` for the known word closest to ``word``, if any."""
+  close = difflib.get_close_matches(word, known, n=1)
+  return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+def _parse_preset(text: str) -> str:
+  """The positional preset: one of ``configs.names()``."""
+  if text not in configs.names():
+    raise argparse.ArgumentTypeError(
+        f'unknown preset {text!r}{_closest(text, configs.names())}; known: '
+        f'{", ".join(configs.names())}')
+  return text
+
+
+def _parse_count(text: str) -> int:
+  """``--epochs``: an integer >= 1."""
   try:
-    return ast.literal_eval(text)
+    count = int(text)
+  except ValueError:
+    count = 0
+  if count < 1:
+    raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text!r}')
+  return count
+
+
+def _parse_seed(text: str) -> int:
+  """``--seed``: an integer >= 0 (NumPy rejects negative seeds)."""
+  try:
+    seed = int(text)
+  except ValueError:
+    seed = -1
+  if seed < 0:
+    raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
+  return seed
+
+
+def _parse_rate(text: str) -> float:
+  """``--prune``: a fraction in [0, 1)."""
+  try:
+    rate = float(text)
+  except ValueError:
+    rate = -1.0
+  if not 0 <= rate < 1:
+    raise argparse.ArgumentTypeError(
+        f'expected a fraction in [0, 1), got {text!r}')
+  return rate
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+  """``--set KEY=TEXT``'s value, of the type of the field's current value.
+
+  Strings are taken as written (quotes optional); other values are Python
+  literals (``True``, ``1e-3``, ``(10, 20)``; ``true`` and ``false`` too).
+  """
+  try:
+    value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    return text
+    value = text
+  if isinstance(current, str):
+    return value if isinstance(value, str) else text
+  if isinstance(current, bool):
+    if isinstance(value, bool) or text.lower() in ('true', 'false'):
+      return text.lower() == 'true'
+  elif isinstance(current, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        isinstance(current, float) or isinstance(value, int)):
+      return type(current)(value)
+  elif isinstance(current, (tuple, list)):
+    if isinstance(value, (tuple, list)):
+      return type(current)(value)
+  else:
+    return value
+  raise UsageError(f'--set {key}={text}: {key} takes a value of type '
+                   f'{type(current).__name__}, like {current!r}')
 
 
 def _parse_devices(text: str) -> int:
@@ -47,13 +126,31 @@ def _parse_devices(text: str) -> int:
   return count
 
 
-def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+def _fields(config: ml_collections.ConfigDict, prefix: str = ''
+            ) -> dict[str, Any]:
+  """Every field of a config by flattened key (``optimizer.name``)."""
+  fields = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      fields.update(_fields(value, f'{prefix}{key}.'))
+    else:
+      fields[prefix + key] = value
+  return fields
+
+
+def _parse_overrides(pairs: Sequence[str], config: ml_collections.ConfigDict
+                     ) -> dict[str, Any]:
+  """``--set`` pairs checked against the fields of ``config``."""
+  fields = _fields(config)
   overrides = {}
   for pair in pairs:
-    key, separator, value = pair.partition('=')
+    key, separator, text = pair.partition('=')
     if not separator:
-      raise SystemExit(f'--set takes KEY=VALUE, got {pair!r}.')
-    overrides[key] = _parse_value(value)
+      raise UsageError(f'--set takes KEY=VALUE, got {pair!r}')
+    if key not in fields:
+      raise UsageError(f'--set {pair}: unknown config key {key!r}'
+                       f'{_closest(key, list(fields))}')
+    overrides[key] = _parse_value(key, text, fields[key])
   return overrides
 
 
@@ -62,24 +159,30 @@ def parser() -> argparse.ArgumentParser:
   cli = argparse.ArgumentParser(
       prog='python -m experiments',
       description='Train the experiments of "Train-by-Reconnect" (LaPerm).')
-  cli.add_argument('preset', nargs='?', help='one of: ' +
-                   ', '.join(configs.names()))
+  cli.add_argument('preset', nargs='?', type=_parse_preset,
+                   help='one of: ' + ', '.join(configs.names()))
   cli.add_argument('--list', action='store_true',
                    help='list the presets and exit')
   cli.add_argument('--dataset', help="'digits' (embedded), 'idx:DIR', or a "
                    'TFDS name (mnist, fashion_mnist, cifar10); default: the '
                    "preset's")
-  cli.add_argument('--data-dir', help='TFDS data_dir holding prepared data')
+  cli.add_argument('--data-dir', help='TFDS data_dir holding prepared data '
+                   "(default: TFDS's, ~/tensorflow_datasets)")
+  cli.add_argument('--download', action=argparse.BooleanOptionalAction,
+                   help='download and prepare a TFDS dataset (mnist, '
+                   'fashion_mnist, cifar10) missing from --data-dir; '
+                   'default: if its download host answers within '
+                   f'{download.CHECK_TIMEOUT:g} s, else stop at once')
   cli.add_argument('--out', type=pathlib.Path,
                    help='output directory (default: runs/PRESET-TIMESTAMP)')
   cli.add_argument('--resume', action='store_true',
                    help='continue the runs checkpointed in --out')
   cli.add_argument('--quick', action='store_true',
                    help='smoke run: 2 epochs on 256 examples per split')
-  cli.add_argument('--prune', type=float, metavar='RATE',
+  cli.add_argument('--prune', type=_parse_rate, metavar='RATE',
                    help='prune this fraction of each kernel first (5.4)')
-  cli.add_argument('--epochs', type=int)
-  cli.add_argument('--seed', type=int)
+  cli.add_argument('--epochs', type=_parse_count)
+  cli.add_argument('--seed', type=_parse_seed)
   cli.add_argument('--runs', help='comma-separated subset of the runs')
   cli.add_argument('--devices', type=_parse_devices, metavar='N',
                    help='train data parallel on N local devices (0 or '
@@ -95,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
 def run_configs(preset: configs.Preset, args: argparse.Namespace
                 ) -> dict[str, ml_collections.ConfigDict]:
   """The config of each run: preset, run overrides, then the command line."""
-  overrides = _parse_overrides(args.set)
+  overrides = _parse_overrides(args.set, preset.config)
   for field, value in (('dataset', args.dataset), ('data_dir', args.data_dir),
                        ('epochs', args.epochs), ('seed', args.seed),
                        ('devices', args.devices)):
@@ -107,10 +210,11 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
   if args.no_progress:
     overrides['progress'] = False
   names = list(preset.runs) if not args.runs else args.runs.split(',')
-  unknown = set(names) - set(preset.runs)
-  if unknown:
-    raise SystemExit(f'Unknown runs {sorted(unknown)}; this preset has '
-                     f'{list(preset.runs)}.')
+  for name in names:
+    if name not in preset.runs:
+      raise UsageError(f'--runs: unknown run {name!r}'
+                       f'{_closest(name, list(preset.runs))}; this preset '
+                       f'has {", ".join(preset.runs)}')
   run_configs_by_name = {}
   for name in names:
     config = ml_collections.ConfigDict(preset.config.to_dict())
@@ -122,8 +226,69 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
                                          QUICK_MAX_SYNC_PERIOD)
       config.validation_size = min(config.validation_size,
                                    QUICK_MAX_VALIDATION)
+    try:
+      data.check_spec(config.dataset)
+    except ValueError as error:
+      raise UsageError(str(error)) from error
     run_configs_by_name[name] = config
   return run_configs_by_name
+
+
+def prepare_data(run_configs_by_name: dict[str, ml_collections.ConfigDict],
+                 args: argparse.Namespace) -> None:
+  """Gets each run's dataset ready and fits its validation split to it.
+
+  A TFDS dataset that is not prepared is downloaded as ``--download`` says
+  (see :func:`experiments.download.prepare`). A preset's validation split
+  that does not fit the training examples of a small dataset (5000 on
+  digits' 1497) is scaled to ``SMALL_VALIDATION_FRACTION`` of them, said in
+  one printed line; one asked for with ``--set validation_size`` is an
+  error instead.
+
+  Args:
+    run_configs_by_name: From :func:`run_configs`; validation sizes are
+      updated in place.
+    args: The parsed command line.
+
+  Raises:
+    DataUnavailableError: A dataset is not on this machine.
+    UsageError: ``--set validation_size`` does not fit the dataset.
+  """
+  asked = any(pair.partition('=')[0] == 'validation_size'
+              for pair in args.set)
+  sizes, notes = {}, {}
+  for config in run_configs_by_name.values():
+    source = (config.dataset, config.data_dir or None)
+    if source not in sizes:
+      download.prepare(config.dataset, data_dir=source[1],
+                       download=args.download)
+      sizes[source] = data.train_size(config.dataset, data_dir=source[1])
+    size = sizes[source]
+    if 0 < config.validation_size < size:
+      continue
+    if asked:
+      raise UsageError(
+          f'--set validation_size={config.validation_size}: {config.dataset} '
+          f'has {size} training examples; hold out from 1 to {size - 1}')
+    scaled = max(1, int(size * SMALL_VALIDATION_FRACTION))
+    notes[config.dataset, config.validation_size] = (
+        f'{config.dataset} has {size} training examples: holding out {scaled} '
+        f'({SMALL_VALIDATION_FRACTION:.0%}) for validation instead of the '
+        f"preset's {config.validation_size}")
+    config.validation_size = scaled
+  for note in notes.values():
+    print(note)
+
+
+def check_resume(args: argparse.Namespace) -> None:
+  """Raises UsageError unless a ``--resume`` has checkpoints to continue."""
+  if not args.resume:
+    return
+  if args.out is None:
+    raise UsageError('--resume needs --out, the directory of the runs')
+  if not any(path.is_dir() and any(path.iterdir())
+             for path in args.out.glob('**/checkpoints')):
+    raise UsageError(f'--resume: {args.out} holds no checkpoint to continue')
 
 
 def load_splits(config: ml_collections.ConfigDict
@@ -142,8 +307,8 @@ def run(preset_name: str, args: argparse.Namespace) -> list[train.RunResult]:
   """Runs a preset's runs, prints the table, writes summary and figures."""
   preset = configs.get(preset_name)
   run_configs_by_name = run_configs(preset, args)
-  if args.resume and args.out is None:
-    raise SystemExit('--resume needs --out, the directory of the runs.')
+  check_resume(args)
+  prepare_data(run_configs_by_name, args)
   out = args.out or pathlib.Path('runs') / (
       f'{preset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
   out.mkdir(parents=True, exist_ok=True)
@@ -183,12 +348,20 @@ def run(preset_name: str, args: argparse.Namespace) -> list[train.RunResult]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  args = parser().parse_args(argv)
+  """Parses the command line and runs the preset.
+
+  Bad input stops with one ``error:`` line and exit status 2 before anything
+  runs (argparse's convention); data that cannot be had, with status 1.
+  """
+  cli = parser()
+  args = cli.parse_args(argv)
   if args.list or args.preset is None:
     for name in configs.names():
       print(f'{name:16} {configs.get(name).description}')
     return
   try:
     run(args.preset, args)
+  except UsageError as error:
+    cli.error(str(error))
   except data.DataUnavailableError as error:
     sys.exit(f'error: {error}')
