@@ -230,6 +230,8 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
       data.check_spec(config.dataset)
     except ValueError as error:
       raise UsageError(str(error)) from error
+    if config.epochs < 1:
+      raise UsageError(f'--set epochs={config.epochs}: epochs must be >= 1')
     run_configs_by_name[name] = config
   return run_configs_by_name
 

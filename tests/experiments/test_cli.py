@@ -27,6 +27,7 @@ PREFIX = 'python -m experiments: error: '
     (['--epochs', '0'], "argument --epochs: expected an integer >= 1, got '0'"),
     (['--epochs', '-3'], 'argument --epochs: expected an integer >= 1'),
     (['--epochs', 'ten'], 'argument --epochs: expected an integer >= 1'),
+    (['--set', 'epochs=0'], '--set epochs=0: epochs must be >= 1'),
     (['--prune', '1.5'],
      "argument --prune: expected a fraction in [0, 1), got '1.5'"),
     (['--prune', '-0.1'], 'argument --prune: expected a fraction in [0, 1)'),

@@ -91,6 +91,19 @@ def test_a_file_that_is_not_idx_is_rejected(tmp_path):
 def test_unknown_dataset_is_an_error():
   with pytest.raises(ValueError, match='Unknown dataset'):
     data.load('imagenet')
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    data.check_spec('tfds:')
+  data.check_spec('tfds:kmnist')
+
+
+def test_train_size_counts_training_examples_without_loading_them(tmp_path):
+  assert data.train_size('digits') == 1497
+  _tiny_mnist(tmp_path, train=70)
+  assert data.train_size(f'idx:{tmp_path}') == 70
+  with pytest.raises(data.DataUnavailableError, match='apt-get install'):
+    data.train_size(f'idx:{tmp_path / "missing"}')
+  with pytest.raises(data.DataUnavailableError, match='tfds build mnist'):
+    data.train_size('mnist', data_dir=str(tmp_path / 'tfds'))
 
 
 def test_unprepared_tfds_dataset_fails_fast(tmp_path):
