@@ -1,28 +1,29 @@
 """Generates the README's figures by running the notebooks that explain them.
 
 The figures come from the same code as the notebooks in ``notebooks/``: this
-script executes them top to bottom in a Jupyter kernel of the running Python
-(with their CPU settings, ``LAPERM_NOTEBOOK_SETTINGS=cpu``: a 64-100-100-10
-MLP on scikit-learn's 8x8 digits, 30 epochs, batch 50, Adam at 1e-3 and
+script executes their sources (the jupytext ``.py`` files) top to bottom in a
+Jupyter kernel of the running Python (with their CPU settings,
+``LAPERM_NOTEBOOK_SETTINGS=cpu``: a 64-100-100-10 MLP on scikit-learn's 8x8
+digits, 30 epochs, batch 50, Adam at 1e-3 and
 ``lp.laperm(optax.adam(1e-3), 20)``), lets them write their figures into a
 temporary folder (``LAPERM_FIGURES_DIR``) and copies the README's into
 ``docs/images/``:
 
-- ``weight_profiles.png`` (``01_quick_start.ipynb``): the weight profiles of
+- ``weight_profiles.png`` (``01_quick_start.py``): the weight profiles of
   the Adam-trained kernels above those of their initialization (Figures
   11-12 of the paper);
-- ``training_monitor.png`` (``02_reconnection.ipynb``): per epoch, the first
+- ``training_monitor.png`` (``02_reconnection.py``): per epoch, the first
   layer's percentiles, the ranking distance between consecutive epochs and
   the held-out loss, one column per run: LaPerm, LaPerm on a 50%-pruned
   initialization, Adam (Figure 13);
-- ``permutation_cycles.png`` (``02_reconnection.ipynb``): the permutation of
+- ``permutation_cycles.png`` (``02_reconnection.py``): the permutation of
   one weight vector of the second layer (the one with the median number of
   cycles) between the first two LaPerm syncs, as cycles (Figure 14).
 
 It prints each notebook's ``RESULTS`` line (accuracies and checks). Needs
-what the tests use (``pip install '.[test]'``: nbclient, ipykernel, flax,
-scikit-learn, matplotlib). ``tests/test_notebooks.py`` executes the notebooks
-with :func:`execute_notebook` too.
+what the tests use (``pip install '.[test]'``: jupytext, nbclient, ipykernel,
+flax, scikit-learn, matplotlib). ``tests/test_notebooks.py`` executes the
+notebooks with :func:`execute_notebook` too.
 
 Usage (about a minute on 2 CPU cores)::
 
@@ -41,8 +42,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / 'notebooks'
 # The README's figures, by the notebook that draws them.
 README_FIGURES = {
-    '01_quick_start.ipynb': ('weight_profiles.png',),
-    '02_reconnection.ipynb': ('training_monitor.png', 'permutation_cycles.png'),
+    '01_quick_start.py': ('weight_profiles.png',),
+    '02_reconnection.py': ('training_monitor.png', 'permutation_cycles.png'),
 }
 KERNEL_NAME = 'python3'
 
@@ -53,11 +54,13 @@ def execute_notebook(path, *, cwd, env=None, timeout=600):
   The kernel runs ``sys.executable -m ipykernel_launcher`` (a kernel spec
   written into a temporary folder, so no installed kernel spec named
   ``python3`` can substitute another interpreter), in ``cwd``, with the
-  environment ``os.environ`` updated by ``env``; the repository root is put
-  first on its ``PYTHONPATH``, so it imports this checkout's ``laperm_jax``.
+  environment ``os.environ`` updated by ``env``; the repository root and
+  ``notebooks/`` are put first on its ``PYTHONPATH``, so it imports this
+  checkout's ``laperm_jax`` and the notebooks' helper module.
 
   Args:
-    path: The ``.ipynb`` file; it is not modified.
+    path: The notebook, as a jupytext source (``.py``) or an ``.ipynb``
+      file; it is not modified.
     cwd: The kernel's working directory.
     env: Environment variables for the kernel, on top of ``os.environ``.
     timeout: Seconds allowed per cell.
@@ -71,14 +74,15 @@ def execute_notebook(path, *, cwd, env=None, timeout=600):
   # Imported here: only this function needs Jupyter.
   import jupyter_client.kernelspec  # pylint: disable=g-import-not-at-top
   import jupyter_client.manager  # pylint: disable=g-import-not-at-top
+  import jupytext  # pylint: disable=g-import-not-at-top
   import nbclient  # pylint: disable=g-import-not-at-top
-  import nbformat  # pylint: disable=g-import-not-at-top
 
-  notebook = nbformat.read(str(path), as_version=4)
+  notebook = jupytext.read(path, as_version=4)
   kernel_env = dict(os.environ)
   kernel_env.update(env or {})
   kernel_env['PYTHONPATH'] = os.pathsep.join(
-      [str(ROOT)] + [p for p in [kernel_env.get('PYTHONPATH')] if p])
+      [str(ROOT), str(NOTEBOOKS)]
+      + [p for p in [kernel_env.get('PYTHONPATH')] if p])
   with tempfile.TemporaryDirectory() as specs:
     spec_dir = pathlib.Path(specs) / KERNEL_NAME
     spec_dir.mkdir()

@@ -1,25 +1,26 @@
 """The notebooks in notebooks/ run top to bottom and show what they say.
 
-Each notebook is executed (nbclient, in an ipykernel of this Python, see
-``docs/make_figures.py``'s ``execute_notebook``) with its CI settings
-(``LAPERM_NOTEBOOK_SETTINGS=quick``); its own last cell asserts, and the
-test reads the ``RESULTS`` line it printed back from the executed outputs.
-The notebooks in the repository are checked to be stripped of outputs and
-to be what ``notebooks/generate.py`` writes.
+Each notebook's source is a jupytext percent-format ``.py`` file, paired with
+an ``.ipynb`` (the file Colab opens). The pairs are checked to hold the same
+cells, and the ``.ipynb`` to be stripped of outputs. Each source is executed
+(nbclient, in an ipykernel of this Python, see ``docs/make_figures.py``'s
+``execute_notebook``) with its CI settings (``LAPERM_NOTEBOOK_SETTINGS=quick``);
+its own last cell asserts, and the test reads the ``RESULTS`` line it printed
+back from the executed outputs.
 """
 
 import importlib.util
 import os
 import pathlib
-import subprocess
-import sys
 
+import jupytext
+import jupytext.compare
 import nbformat
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / 'notebooks'
-NAMES = ('01_quick_start.ipynb', '02_reconnection.ipynb',
-         '03_weight_agnostic.ipynb')
+NAMES = ('01_quick_start', '02_reconnection', '03_weight_agnostic')
 
 
 def _make_figures():
@@ -33,7 +34,7 @@ def _make_figures():
 def _execute(name, tmp_path):
   make_figures = _make_figures()
   notebook = make_figures.execute_notebook(
-      NOTEBOOKS / name, cwd=tmp_path, timeout=300,
+      NOTEBOOKS / f'{name}.py', cwd=tmp_path, timeout=300,
       env={'LAPERM_NOTEBOOK_SETTINGS': 'quick',
            'LAPERM_FIGURES_DIR': str(tmp_path / 'figures'),
            # These runs are compile-bound: XLA's CPU backend compiles several
@@ -45,34 +46,50 @@ def _execute(name, tmp_path):
   return notebook, make_figures.printed_results(notebook)
 
 
-def test_notebooks_are_generated_and_stripped():
-  # Every notebook is what generate.py writes...
-  subprocess.run([sys.executable, str(NOTEBOOKS / 'generate.py'), '--check'],
-                 check=True)
-  assert sorted(p.name for p in NOTEBOOKS.glob('*.ipynb')) == list(NAMES)
-  for name in NAMES:
-    notebook = nbformat.read(str(NOTEBOOKS / name), as_version=4)
-    nbformat.validate(notebook)
-    # ... without outputs,
-    for cell in notebook.cells:
-      if cell.cell_type == 'code':
-        assert cell.outputs == [] and cell.execution_count is None, name
-    # ... with a title, the paper, a Colab badge for itself, and an install
-    # cell first.
-    first, install = notebook.cells[0], notebook.cells[1]
-    assert first.cell_type == 'markdown' and first.source.startswith('# ')
-    assert 'arXiv:2003.02570' in first.source
-    assert 'colab.research.google.com/github/' in first.source
-    assert first.source.count(f'/notebooks/{name})') == 1
-    assert install.cell_type == 'code' and 'import laperm_jax' in install.source
-    assert '%pip install' in install.source and 'REPO = ' in install.source
+def test_every_notebook_is_a_pair():
+  assert sorted(p.stem for p in NOTEBOOKS.glob('*.ipynb')) == list(NAMES)
+  sources = {p.stem for p in NOTEBOOKS.glob('*.py')}
+  assert sources == {*NAMES, 'notebook_helpers'}
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_pair_agrees_and_ipynb_is_stripped(name):
+  source = jupytext.read(NOTEBOOKS / f'{name}.py')
+  notebook = nbformat.read(str(NOTEBOOKS / f'{name}.ipynb'), as_version=4)
+  nbformat.validate(notebook)
+  # Both halves name the pairing, so Jupyter (with jupytext) saves both.
+  for half in (source, notebook):
+    assert half.metadata['jupytext']['formats'] == 'ipynb,py:percent'
+  # The same cells, in the same order, with the same sources; raises with
+  # the first difference.
+  jupytext.compare.compare_notebooks(notebook, source, fmt='py:percent',
+                                     allow_expected_differences=False)
+  assert [cell.source for cell in notebook.cells] == [
+      cell.source for cell in source.cells]
+  # Without outputs.
+  for cell in notebook.cells:
+    if cell.cell_type == 'code':
+      assert cell.outputs == [] and cell.execution_count is None
+  # A title, the paper, a Colab badge for itself, and an install cell first.
+  first, install = notebook.cells[0], notebook.cells[1]
+  assert first.cell_type == 'markdown' and first.source.startswith('# ')
+  assert 'arXiv:2003.02570' in first.source
+  assert 'colab.research.google.com/github/' in first.source
+  assert first.source.count(f'/notebooks/{name}.ipynb)') == 1
+  assert install.cell_type == 'code' and "REPO = '" in install.source
+  for step in ("'git', 'clone'", "'pip', 'install'", "'notebook_helpers'",
+               "'laperm_jax'"):
+    assert step in install.source, step
 
 
 def test_quick_start(tmp_path):
-  notebook, results = _execute('01_quick_start.ipynb', tmp_path)
+  notebook, results = _execute('01_quick_start', tmp_path)
   assert results['settings'] == 'quick'
   assert results['laperm_kernels_are_permutations'] is True
   assert results['laperm_accuracy'] > 0.8  # Chance: 0.1.
+  # The NNX section: nnx.Optimizer with LaPerm, synchronized NNX state.
+  assert results['nnx_kernels_are_permutations'] is True
+  assert results['nnx_accuracy'] > 0.8
   # Figures were drawn and shown.
   assert (tmp_path / 'figures' / 'weight_profiles.png').stat().st_size > 0
   assert (tmp_path / 'figures' / 'training_curves.png').stat().st_size > 0
@@ -81,7 +98,7 @@ def test_quick_start(tmp_path):
 
 
 def test_reconnection(tmp_path):
-  _, results = _execute('02_reconnection.ipynb', tmp_path)
+  _, results = _execute('02_reconnection', tmp_path)
   assert results['pruned_kernels_keep_their_values'] is True
   assert results['laperm_distribution_fixed'] is True
   assert 0 < results['first_epoch_ranking_distance'] < 1
@@ -94,7 +111,7 @@ def test_reconnection(tmp_path):
 
 
 def test_weight_agnostic(tmp_path):
-  _, results = _execute('03_weight_agnostic.ipynb', tmp_path)
+  _, results = _execute('03_weight_agnostic', tmp_path)
   assert results['kernels_keep_their_values'] is True
   assert results['largest_accuracy_spread_over_positive_values'] <= 0.01
   for name in ('F1', 'F2'):
@@ -115,7 +132,6 @@ def test_make_figures_draws_the_readme_figures():
     assert f'(docs/images/{figure})' in readme, figure
     assert (ROOT / 'docs' / 'images' / figure).exists()
   for name in make_figures.README_FIGURES:
-    source = ''.join(cell.source for cell in nbformat.read(
-        str(NOTEBOOKS / name), as_version=4).cells)
+    source = (NOTEBOOKS / name).read_text()
     for figure in make_figures.README_FIGURES[name]:
       assert f"FIGURES / '{figure}'" in source, (name, figure)
