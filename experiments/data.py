@@ -21,6 +21,7 @@ picked without looking at the test set.
 """
 
 import dataclasses
+import difflib
 import gzip
 import pathlib
 from typing import NamedTuple, Optional
@@ -129,6 +130,15 @@ def check_spec(spec: str) -> None:
         f'Unknown dataset {spec!r}: use {EMBEDDED!r} (embedded), '
         f'"idx:DIR" (MNIST-format IDX .gz files), or one of {TFDS_NAMES} '
         '(tensorflow-datasets data).')
+  if spec.startswith('tfds:') and tfds_name(spec) not in TFDS_NAMES:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    known = tfds.list_builders(with_community_datasets=False)
+    if tfds_name(spec) not in known:
+      close = difflib.get_close_matches(tfds_name(spec), known, n=1)
+      raise ValueError(
+          f'Unknown dataset {spec!r}: tensorflow-datasets has no '
+          f'{tfds_name(spec)!r}' + (f' (did you mean {close[0]!r}?)'
+                                    if close else ''))
 
 
 def train_size(spec: str, *, data_dir: Optional[str] = None,

@@ -36,6 +36,8 @@ PREFIX = 'python -m experiments: error: '
      "--runs: unknown run 'lapem' (did you mean 'laperm'?); this preset has "
      'laperm'),
     (['--dataset', 'mnsit'], "Unknown dataset 'mnsit'"),
+    (['--dataset', 'tfds:mnsit'],
+     "tensorflow-datasets has no 'mnsit' (did you mean 'mnist'?)"),
     (['--set', 'dataset=imagenet'], "Unknown dataset 'imagenet'"),
     (['--dataset', 'digits', '--set', 'validation_size=5000'],
      '--set validation_size=5000: digits has 1497 training examples; hold '

@@ -93,6 +93,8 @@ def test_unknown_dataset_is_an_error():
     data.load('imagenet')
   with pytest.raises(ValueError, match='Unknown dataset'):
     data.check_spec('tfds:')
+  with pytest.raises(ValueError, match="no 'mnsit' \\(did you mean 'mnist'"):
+    data.check_spec('tfds:mnsit')
   data.check_spec('tfds:kmnist')
 
 
