@@ -11,6 +11,7 @@ import datetime
 import difflib
 import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any, Optional, Sequence
 
 import ml_collections
@@ -50,26 +51,20 @@ def _parse_preset(text: str) -> str:
   return text
 
 
-def _parse_count(text: str) -> int:
-  """``--epochs``: an integer >= 1."""
-  try:
-    count = int(text)
-  except ValueError:
-    count = 0
-  if count < 1:
-    raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text!r}')
-  return count
+def _integer_from(minimum: int) -> Callable[[str], int]:
+  """An argparse type: integers >= ``minimum``."""
 
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = minimum - 1
+    if value < minimum:
+      raise argparse.ArgumentTypeError(
+          f'expected an integer >= {minimum}, got {text!r}')
+    return value
 
-def _parse_seed(text: str) -> int:
-  """``--seed``: an integer >= 0 (NumPy rejects negative seeds)."""
-  try:
-    seed = int(text)
-  except ValueError:
-    seed = -1
-  if seed < 0:
-    raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
-  return seed
+  return parse
 
 
 def _parse_rate(text: str) -> float:
@@ -94,15 +89,18 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
     value = text
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
   if isinstance(current, str):
     return value if isinstance(value, str) else text
   if isinstance(current, bool):
     if isinstance(value, bool) or text.lower() in ('true', 'false'):
       return text.lower() == 'true'
-  elif isinstance(current, (int, float)):
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        isinstance(current, float) or isinstance(value, int)):
-      return type(current)(value)
+  elif isinstance(current, int):
+    if number and isinstance(value, int):
+      return value
+  elif isinstance(current, float):
+    if number:
+      return float(value)
   elif isinstance(current, (tuple, list)):
     if isinstance(value, (tuple, list)):
       return type(current)(value)
@@ -181,8 +179,9 @@ def parser() -> argparse.ArgumentParser:
                    help='smoke run: 2 epochs on 256 examples per split')
   cli.add_argument('--prune', type=_parse_rate, metavar='RATE',
                    help='prune this fraction of each kernel first (5.4)')
-  cli.add_argument('--epochs', type=_parse_count)
-  cli.add_argument('--seed', type=_parse_seed)
+  cli.add_argument('--epochs', type=_integer_from(1))
+  # NumPy's generators take no negative seeds.
+  cli.add_argument('--seed', type=_integer_from(0))
   cli.add_argument('--runs', help='comma-separated subset of the runs')
   cli.add_argument('--devices', type=_parse_devices, metavar='N',
                    help='train data parallel on N local devices (0 or '
