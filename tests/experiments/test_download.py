@@ -27,6 +27,12 @@ pytest.importorskip('tensorflow_datasets')
 UNROUTED = 'http://192.0.2.1/'
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+
+  def log_message(self, *args):  # pylint: disable=arguments-differ
+    del args
+
+
 @pytest.fixture(name='server')
 def fixture_server(tmp_path, monkeypatch):
   """Serves a directory over HTTP on 127.0.0.1; yields (directory, URL)."""
@@ -34,9 +40,7 @@ def fixture_server(tmp_path, monkeypatch):
     monkeypatch.delenv(variable, raising=False)
   directory = tmp_path / 'served'
   directory.mkdir()
-  handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                              directory=str(directory))
-  handler.log_message = lambda *args: None
+  handler = functools.partial(_QuietHandler, directory=str(directory))
   with http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler) as httpd:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -194,3 +198,11 @@ def test_other_sources_need_no_preparing(tmp_path, monkeypatch):
   monkeypatch.setattr(download, 'reachable', _no_network_check)
   assert not download.prepare('digits')
   assert not download.prepare(f'idx:{tmp_path}')
+
+
+def test_a_failed_download_says_so(tmp_path, server, monkeypatch):
+  _, url = server  # Serves nothing: every file is a 404.
+  _serve_from(monkeypatch, url)
+  with pytest.raises(data.DataUnavailableError,
+                     match='downloading it failed .*404'):
+    download.prepare('fashion_mnist', data_dir=str(tmp_path / 'tfds'))
