@@ -168,9 +168,11 @@ def parser() -> argparse.ArgumentParser:
                    "(default: TFDS's, ~/tensorflow_datasets)")
   cli.add_argument('--download', action=argparse.BooleanOptionalAction,
                    help='download and prepare a TFDS dataset (mnist, '
-                   'fashion_mnist, cifar10) missing from --data-dir; '
-                   'default: if its download host answers within '
-                   f'{download.CHECK_TIMEOUT:g} s, else stop at once')
+                   'fashion_mnist, cifar10) missing from --data-dir, without '
+                   'checking the network first (TFDS retries for minutes '
+                   'where there is none); default: if its download host '
+                   f'answers within {download.CHECK_TIMEOUT:g} s, else stop '
+                   'at once')
   cli.add_argument('--out', type=pathlib.Path,
                    help='output directory (default: runs/PRESET-TIMESTAMP)')
   cli.add_argument('--resume', action='store_true',
