@@ -242,7 +242,7 @@ def shared_value(
   """Weight-agnostic initial weights: every selected weight is 0 or ``value``.
 
   Section 5.5 trains networks whose weights all share one value: LaPerm only
-  moves the zeros and the ``value``s around. Each selected leaf gets exactly
+  moves the zeros and the shared values around. Each selected leaf gets exactly
   ``round(keep * n)`` entries equal to ``value`` (halves rounded up), placed
   uniformly at random; every other entry is 0. With ``per_vector=True``,
   exactly ``round(keep * vector_length)`` per weight vector instead. Like the
@@ -262,7 +262,7 @@ def shared_value(
     mask: Which leaves to set, as in :func:`random_prune`. Default: leaves
       with ``ndim >= 2`` (kernels); the others are returned unchanged.
     per_vector: Whether to choose the kept entries per weight vector (every
-      vector holds the same number of ``value``s) rather than per leaf.
+      vector holds the same number of them) rather than per leaf.
 
   Returns:
     The params with every selected leaf holding only 0 and ``value``.
