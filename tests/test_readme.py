@@ -29,16 +29,3 @@ def test_quick_start():
                                 initial[layer]['kernel'])
   loss = namespace['loss_fn'](exact, namespace['x'], namespace['y'])
   assert float(loss) < 1.0  # ln(10) = 2.3 at chance.
-
-
-def test_reconnection_tools_example():
-  namespace = _run_example('## Reconnection tools')
-  pruned, synced = namespace['pruned'], namespace['synced']
-  assert int(pruned.num_nonzero['Dense_0']['kernel']) == round(0.8 * 64 * 32)
-  for layer in ('Dense_0', 'Dense_1'):
-    # Two syncs later, each vector holds the pruned values, zeros included.
-    chex.assert_trees_all_equal(
-        lp.sort_vectors(synced[2][layer]['kernel']),
-        lp.sort_vectors(pruned.params[layer]['kernel']))
-  distance = lp.ranking_distance(synced[1], synced[2])['Dense_0']['kernel']
-  assert 0 < float(distance.mean) < 1
