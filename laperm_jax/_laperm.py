@@ -281,7 +281,9 @@ def _zip_leaves(params, sorted_init, reset_values):
 def _sync_leaf(leaf, sorted_values, reset_value):
   """The value a sync gives ``leaf``."""
   if not _is_masked(sorted_values):
-    return _permute_or_nan(leaf, sorted_values)
+    return _weight_vectors.map_vectors(
+        lambda _, rows, sorted_rows: _place_rows_or_nan(rows, sorted_rows),
+        sorted_values, leaf, sorted_values)
   if not _is_masked(reset_value):
     return reset_value
   return leaf
@@ -291,18 +293,24 @@ def _sync_update(param, sorted_values, reset_value, update):
   """The update that moves ``param`` where a sync puts ``param + update``."""
   if _is_masked(sorted_values) and _is_masked(reset_value):
     return update
-  target = optax.apply_updates(param, update)
-  new = _sync_leaf(target, sorted_values, reset_value)
-  return (new - param).astype(update.dtype)
+  if _is_masked(sorted_values):
+    return (reset_value - param).astype(update.dtype)
+
+  # Row by row (in chunks on CPU), the update is computed into the buffer of
+  # the inner update, so the sync branch needs no leaf-sized temporaries.
+  def sync_rows(update_rows, param_rows, sorted_rows):
+    target = optax.apply_updates(param_rows, update_rows)
+    new = _place_rows_or_nan(target, sorted_rows)
+    return (new - param_rows).astype(update_rows.dtype)
+
+  return _weight_vectors.map_vectors(sync_rows, update, param, sorted_values)
 
 
-def _permute_or_nan(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
-  """`place_sorted`, with vectors holding a non-finite value set to NaN."""
-  placed = _weight_vectors.place_sorted(leaf, sorted_values)
-  finite = jnp.all(jnp.isfinite(_weight_vectors.as_vectors(leaf)), axis=0)
-  placed = jnp.where(finite, _weight_vectors.as_vectors(placed), jnp.nan)
-  return _weight_vectors.from_vectors(placed.astype(sorted_values.dtype),
-                                      leaf.shape)
+def _place_rows_or_nan(rows: jax.Array, sorted_rows: jax.Array) -> jax.Array:
+  """`place_rows`, with vectors holding a non-finite value set to NaN."""
+  placed = _weight_vectors.place_rows(rows, sorted_rows)
+  finite = jnp.all(jnp.isfinite(rows), axis=1, keepdims=True)
+  return jnp.where(finite, placed, jnp.nan).astype(sorted_rows.dtype)
 
 
 def _is_masked(x: Any) -> bool:

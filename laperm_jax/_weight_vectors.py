@@ -13,6 +13,8 @@ function here is deterministic. XLA flushes subnormal floats to zero in
 comparisons, so they rank as ties with ``0.0``.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -120,29 +122,35 @@ def _radix_rank_order(rows: jax.Array) -> jax.Array:
 
   XLA's CPU sort is several times faster on one integer operand than on a
   key-value pair or on floats (benchmarks/sync_cost.py). So the float keys
-  become ordered integers, split into digits, and each pass sorts
-  ``digit << position_bits | position`` (unique, hence stable): a
-  least-significant-digit radix sort whose result is bitwise the order of
-  :func:`_comparison_rank_order`.
+  become ordered integers, and each pass sorts ``digit << position_bits |
+  position`` (unique, hence stable): a least-significant-digit radix sort
+  whose result is bitwise the order of :func:`_comparison_rank_order`.
+
+  The words are 64-bit, enabled for this function alone (x64 stays off
+  outside it), unless the key and the position fit 32 bits: one pass for
+  float32 and 16-bit floats at any vector length (a 64-bit sort costs about
+  as much as a 32-bit one, and two 32-bit passes twice that), two for
+  float64.
   """
-  keys = _ordered_bits(rows)
-  key_bits = jnp.iinfo(keys.dtype).bits
-  position_bits = max(1, (rows.shape[1] - 1).bit_length())
-  word_bits = 64 if key_bits > 32 else 32
-  word = _UNSIGNED[word_bits]
-  digit_bits = word_bits - position_bits
-  num_passes = -(-key_bits // digit_bits)
-  keys = keys.astype(word)
-  positions = lax.broadcasted_iota(word, rows.shape, 1)
-  order = None
-  for pass_index in range(num_passes):
-    current = keys if order is None else jnp.take_along_axis(
-        keys, order, axis=1, mode='promise_in_bounds')
-    digit = (current >> (pass_index * digit_bits)) & ((1 << digit_bits) - 1)
-    packed = lax.sort((digit << position_bits) | positions, dimension=1)
-    moved = (packed & ((1 << position_bits) - 1)).astype(jnp.int32)
-    order = moved if order is None else jnp.take_along_axis(
-        order, moved, axis=1, mode='promise_in_bounds')
+  with jax.enable_x64(True):
+    keys = _ordered_bits(rows)
+    key_bits = jnp.iinfo(keys.dtype).bits
+    position_bits = max(1, (rows.shape[1] - 1).bit_length())
+    word_bits = 32 if key_bits + position_bits <= 32 else 64
+    word = _UNSIGNED[word_bits]
+    digit_bits = word_bits - position_bits
+    num_passes = -(-key_bits // digit_bits)
+    keys = keys.astype(word)
+    positions = lax.broadcasted_iota(word, rows.shape, 1)
+    order = None
+    for pass_index in range(num_passes):
+      current = keys if order is None else jnp.take_along_axis(
+          keys, order, axis=1, mode='promise_in_bounds')
+      digit = (current >> (pass_index * digit_bits)) & ((1 << digit_bits) - 1)
+      packed = lax.sort((digit << position_bits) | positions, dimension=1)
+      moved = (packed & ((1 << position_bits) - 1)).astype(jnp.int32)
+      order = moved if order is None else jnp.take_along_axis(
+          order, moved, axis=1, mode='promise_in_bounds')
   return order
 
 
@@ -157,6 +165,102 @@ def _scatter_row(order: jax.Array, values: jax.Array) -> jax.Array:
       values, unique_indices=True, mode='promise_in_bounds')
 
 
+def place_rows(rows: jax.Array, sorted_rows: jax.Array) -> jax.Array:
+  """:func:`place_sorted` on weight vectors laid out as rows."""
+  # vmap over rows makes a scatter with a batch dimension, which XLA's SPMD
+  # partitioner keeps local when the output axis is sharded.
+  return jax.vmap(_scatter_row)(_rank_order(rows), sorted_rows)
+
+
+# On CPU, `map_vectors` runs large leaves in chunks of vectors, one chunk
+# after the other. XLA's CPU runtime allocates a compiled step's temporary
+# memory afresh at every execution, and glibc maps an allocation above
+# 32 MiB anew each time, so its pages fault on every step, whether the sync
+# branch runs or not (issue 5: a 784-2048-2048-10 MLP step's temporaries
+# grew from 23 to 143 MiB for the sync branch). Chunks of at most
+# `_CHUNK_WEIGHTS` weights keep the sync's scratch to a few MiB. A chunk is
+# made of blocks of `_BLOCK` adjacent vectors (one 64-byte cache line of
+# float32 per row of the leaf; single strided vectors made the sync 28%
+# slower) taken at a stride, so that every device of an output-axis
+# sharding holds its own part of every chunk: the loop runs locally on up
+# to `_LOCAL_SHARDS` devices (any number dividing the groups of
+# `chunks * block` vectors).
+_CHUNK_WEIGHTS = 1 << 18
+_BLOCK = 16
+_LOCAL_SHARDS = 8
+
+
+def _chunking(num_vectors: int, vector_length: int) -> tuple[int, int]:
+  """Returns ``(chunks, block)``: powers of two, ``(1, 1)`` for no chunks."""
+  wanted = 1
+  while vector_length * num_vectors > wanted * _CHUNK_WEIGHTS:
+    wanted *= 2
+  groups = num_vectors // _LOCAL_SHARDS
+  if wanted == 1 or num_vectors % _LOCAL_SHARDS or not groups:
+    return 1, 1
+  room = groups & -groups  # The largest power of two dividing `groups`.
+  block = min(_BLOCK, room)
+  chunks = min(wanted, room // block)
+  return (1, 1) if chunks == 1 else (chunks, block)
+
+
+def _map_whole(fn, out, *leaves):
+  new = fn(_rows(out), *(_rows(leaf) for leaf in leaves))
+  return _from_rows(new, out.shape)
+
+
+def _map_chunks(fn, out, *leaves):
+  """`_map_whole` chunk by chunk, updating `out` in place."""
+  length, num_vectors = as_vectors(out).shape
+  chunks, block = _chunking(num_vectors, length)
+  if chunks == 1:
+    return _map_whole(fn, out, *leaves)
+  groups = num_vectors // (chunks * block)
+
+  def split(leaf):
+    return as_vectors(leaf).reshape(length, groups, chunks, block)
+
+  def chunk_rows(split_leaf, index):
+    chunk = lax.dynamic_index_in_dim(split_leaf, index, axis=2,
+                                     keepdims=False)
+    return chunk.reshape(length, groups * block).T
+
+  split_leaves = [split(leaf) for leaf in leaves]
+
+  def body(index, split_out):
+    # `out`'s chunk is read from the carry before it is overwritten, so XLA
+    # updates one buffer in place.
+    new = fn(chunk_rows(split_out, index),
+             *(chunk_rows(leaf, index) for leaf in split_leaves))
+    return lax.dynamic_update_index_in_dim(
+        split_out, new.T.reshape(length, groups, block), index, axis=2)
+
+  return lax.fori_loop(0, chunks, body, split(out)).reshape(out.shape)
+
+
+def map_vectors(fn, out: jax.Array, *leaves: jax.Array) -> jax.Array:
+  """Maps ``fn`` over the weight vectors of ``out`` and ``leaves``, as rows.
+
+  ``fn(out_rows, *leaf_rows)`` gets ``(num_vectors, vector_length)`` rows
+  (row ``j``: weight vector ``j`` of each array), must treat rows
+  independently and return new rows for ``out``, in ``out``'s dtype. On
+  CPU, large leaves go through ``fn`` in chunks of rows, one after the
+  other, so that its temporary memory stays small; elsewhere in one call.
+  The result is the same either way.
+
+  Args:
+    fn: the row-wise function.
+    out: the array whose new value ``fn`` computes; it gives the shape.
+    *leaves: further arrays of ``out``'s shape that ``fn`` reads.
+
+  Returns:
+    ``fn``'s rows put back into ``out``'s shape.
+  """
+  return lax.platform_dependent(
+      out, *leaves, cpu=functools.partial(_map_chunks, fn),
+      default=functools.partial(_map_whole, fn))
+
+
 def place_sorted(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
   """Places ``sorted_values`` in the rank order of ``leaf``, per weight vector.
 
@@ -164,9 +268,10 @@ def place_sorted(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
   of the corresponding sorted values, and so on; equal entries are ranked by
   position. One stable sort finds the order (on GPU and TPU a key-value
   sort; on CPU, where XLA sorts single integer arrays several times faster,
-  two passes of a radix sort that give bitwise the same order) and one
-  scatter writes the values (not ``argsort(argsort(.))``): the result is
-  bitwise a permutation of ``sorted_values``, whatever ``leaf`` holds.
+  one pass of a radix sort on 64-bit words that gives bitwise the same
+  order) and one scatter writes the values (not ``argsort(argsort(.))``):
+  the result is bitwise a permutation of ``sorted_values``, whatever
+  ``leaf`` holds.
 
   Args:
     leaf: an array of rank >= 1 whose order decides the placement.
@@ -188,11 +293,8 @@ def place_sorted(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
 # Jitted so that eager calls compile once per shape, not once per operation.
 @jax.jit
 def _place_sorted(leaf: jax.Array, sorted_values: jax.Array) -> jax.Array:
-  order = _rank_order(_rows(leaf))
-  # vmap over rows makes a scatter with a batch dimension, which XLA's SPMD
-  # partitioner keeps local when the output axis is sharded.
-  placed = jax.vmap(_scatter_row)(order, _rows(sorted_values))
-  return _from_rows(placed, leaf.shape)
+  return map_vectors(lambda _, rows, sorted_rows: place_rows(rows, sorted_rows),
+                     sorted_values, leaf, sorted_values)
 
 
 def ranks(leaf: jax.Array) -> jax.Array:

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import laperm_jax as lp
+from laperm_jax import _weight_vectors
 
 
 def _params(dtype=jnp.float32, key=0):
@@ -103,6 +104,42 @@ def test_sync_permutes_in_rank_order_of_params_plus_inner_updates(
     else:
       chex.assert_trees_all_equal(updates, inner_updates)
     params = new_params
+
+
+def test_large_leaf_syncs_chunk_by_chunk_bitwise():
+  # 307,200 weights: on CPU the sync runs in 2 chunks of 512 vectors.
+  params = {'w': jax.random.normal(jax.random.key(0), (300, 1024))}
+  assert _weight_vectors._chunking(1024, 300) == (2, 16)
+  inner = optax.sgd(0.1)
+  tx = lp.laperm(inner, 1)
+  state = tx.init(params)
+  grads = {'w': _grads(params, 1)['w'].at[7, 1000].set(jnp.nan)}
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  inner_updates, _ = jax.jit(inner.update)(grads, inner.init(params), params)
+  # NumPy: stable ranks of the targets, float32 arithmetic as in the sync.
+  old = np.asarray(params['w'])
+  targets = old + np.asarray(inner_updates['w'])
+  order = np.argsort(targets, axis=0, kind='stable')
+  exact = np.empty_like(old)
+  np.put_along_axis(exact, order, np.asarray(state.sorted_init['w']), axis=0)
+  exact[:, 1000] = np.nan  # The vector that holds a NaN.
+  np.testing.assert_array_equal(np.asarray(updates['w']), exact - old)
+  np.testing.assert_array_equal(
+      np.asarray(lp.synchronize({'w': jnp.asarray(targets)}, state)['w']),
+      exact)
+
+
+def test_sync_branch_needs_no_leaf_sized_temporaries():
+  # XLA's CPU runtime allocates a step's temporaries at every execution,
+  # sync or not, so the sync branch works in chunks of vectors, inside the
+  # inner update's buffer (benchmarks/memory.py); a whole-leaf sync needs
+  # about five leaf sizes.
+  params = {'w': jnp.zeros((2048, 2048))}
+  tx = lp.laperm(optax.sgd(0.1), 1000)
+  compiled = jax.jit(tx.update).lower(params, tx.init(params),
+                                      params).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes < (
+      params['w'].nbytes / 2)
 
 
 def test_non_sync_steps_and_unselected_leaves_equal_the_inner_optimizer():

@@ -36,6 +36,13 @@ Dense kernel ``(64, 32)``, a Conv kernel ``(3, 3, 8, 16)`` and a bias:
   ``[4,64]`` for the Dense kernel, never on the global ``[32,64]``). This
   holds for the CPU path (radix order from integer sorts) and for the
   key-value sort that GPUs and TPUs use (checked on CPU by swapping it in).
+- **Chunked CPU syncs stay local.** On CPU, large leaves sync chunk by chunk
+  (each chunk is blocks of adjacent vectors taken at a stride), so every
+  device holds its part of each chunk: with a smaller chunk size, kernels
+  ``(64, 256)`` and ``(3, 3, 8, 256)`` sharded along the output axis sync in
+  2 chunks with no collective (sorts of ``[16, length]`` rows per device),
+  and two sync steps give bitwise the updates, params and state of one
+  device.
 - **Input-axis syncs communicate.** Sharding an input axis splits every
   weight vector across devices, and a sort along it needs whole vectors.
   The compiled ``lp.synchronize`` (params and state sharded along the input
@@ -133,6 +140,10 @@ def test_output_axis_key_value_sort_is_local(results):
   _check(results, 'hlo_output_key_value')
 
 
+def test_chunked_output_axis_sync_is_local_and_bitwise(results):
+  assert _check(results, 'chunked_output')['chunks'] == [2, 2]
+
+
 def test_input_axis_sync_gathers_the_vectors(results):
   result = _check(results, 'hlo_input_synchronize')
   assert {'all-gather', 'all-to-all'} & set(result['collectives'])
@@ -203,7 +214,7 @@ def _main():
   def is_masked(x):
     return isinstance(x, optax.MaskedNode)
 
-  def state_shardings(param_shardings, layout_mesh):
+  def state_shardings(param_shardings, layout_mesh, tx=tx, params=params):
     abstract = jax.eval_shape(tx.init, params)
     return optax.tree.map_params(
         tx, lambda leaf, sharding: leaf if is_masked(leaf) else sharding,
@@ -394,6 +405,55 @@ def _main():
       assert 'u32' not in text  # The key-value sort, not the radix passes.
     finally:
       _weight_vectors._rank_order = radix  # pylint: disable=protected-access
+      jax.clear_caches()
+
+  @check('chunked_output')
+  def _():
+    # A smaller chunk size makes these kernels sync in chunks on CPU.
+    chunk_weights = _weight_vectors._CHUNK_WEIGHTS  # pylint: disable=protected-access
+    try:
+      _weight_vectors._CHUNK_WEIGHTS = 512  # pylint: disable=protected-access
+      jax.clear_caches()
+      big = {'dense': rng.standard_normal((64, 256), np.float32),
+             'conv': rng.standard_normal((3, 3, 8, 256), np.float32)}
+      chunks = [_weight_vectors._chunking(256, x.size // 256)[0]  # pylint: disable=protected-access
+                for x in big.values()]
+      big_tx = lp.laperm(optax.adam(0.05), 1)  # Every step syncs.
+      param_sh = {'dense': NamedSharding(mesh, P(None, 'model')),
+                  'conv': NamedSharding(mesh, P(None, None, None, 'model'))}
+      state_sh = state_shardings(param_sh, mesh, big_tx, big)
+
+      def step(params, state, grads):
+        updates, state = big_tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), updates, state
+
+      sharded = jax.jit(step, in_shardings=(param_sh, state_sh, param_sh))
+      compiled = sharded.lower(big, big_tx.init(big), big).compile()
+      text = compiled.as_text()
+      found = collectives(text)
+      assert not found, found
+      assert ' while(' in text
+      sort_lines = '\n'.join(line for line in text.splitlines()
+                             if ' sort(' in line)
+      for length in (64, 72):
+        assert f'[16,{length}]' in sort_lines, sort_lines
+      one = jax.jit(step)
+      state_one = jax.jit(big_tx.init)(big)
+      state = jax.jit(big_tx.init, out_shardings=state_sh)(
+          jax.device_put(big, param_sh))
+      current_one, current = big, jax.device_put(big, param_sh)
+      for _ in range(2):
+        g = {name: rng.standard_normal(x.shape, np.float32)
+             for name, x in big.items()}
+        *got, state = compiled(current, state, jax.device_put(g, param_sh))
+        *want, state_one = one(current_one, state_one, g)
+        for a, b in zip(jax.tree.leaves((got, state)),
+                        jax.tree.leaves((want, state_one))):
+          np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        current, current_one = got[0], want[0]
+      return {'chunks': chunks}
+    finally:
+      _weight_vectors._CHUNK_WEIGHTS = chunk_weights  # pylint: disable=protected-access
       jax.clear_caches()
 
   print(json.dumps(out))

@@ -129,8 +129,8 @@ def test_cpu_order_equals_key_value_order(rows):
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.float16])
-# Lengths around the switch from two to three radix passes (float32) and
-# from one to two (16-bit floats).
+# Lengths around the switch from 32-bit to 64-bit words for 16-bit floats
+# (float32 always takes one pass on 64-bit words).
 @pytest.mark.parametrize('length', [1, 2, 3, 65536, 65537])
 def test_cpu_order_equals_key_value_order_at_pass_boundaries(dtype, length):
   rng = np.random.default_rng(length)
@@ -170,4 +170,50 @@ def test_each_platform_lowers_its_own_sort(platform, operands):
   traced = jax.jit(lp.ranks).trace(jnp.zeros((300, 20)))
   text = traced.lower(lowering_platforms=(platform,)).as_text()
   counts = _sort_operand_counts(text)
-  assert counts and set(counts) == {operands}, counts
+  # One sort: on CPU a single radix pass, on 64-bit words.
+  assert counts == [operands], counts
+  if platform == 'cpu':
+    assert 'tensor<20x300xui64>' in text
+
+
+# On CPU, `map_vectors` runs large leaves chunk by chunk.
+@pytest.mark.parametrize('num_vectors, length, expected', [
+    (2048, 2048, (16, 16)),  # The MLP benchmark's kernels.
+    (2048, 784, (8, 16)),
+    (512, 4608, (4, 16)),  # Conv13's 3x3x512x512: 4 groups of 8 per chunk.
+    (3200, 4608, (1, 1)),  # 3200 = 8 * 400: no room for a block of 16.
+    (10, 2048, (1, 1)),  # Fewer vectors than the 8 shards kept local.
+    (128, 2048, (1, 1)),  # Small enough for one piece.
+])
+def test_chunking_of_large_leaves(num_vectors, length, expected):
+  assert _weight_vectors._chunking(num_vectors, length) == expected
+
+
+@pytest.mark.parametrize('shape, chunking', [
+    ((5, 256), (16, 2)), ((3, 2, 4, 128), (8, 2)), ((7, 96), (2, 2)),
+    ((9, 40), (1, 1))])
+def test_chunks_give_bitwise_the_whole_leaf_result(monkeypatch, shape,
+                                                   chunking):
+  monkeypatch.setattr(_weight_vectors, '_CHUNK_WEIGHTS', 64)
+  monkeypatch.setattr(_weight_vectors, '_BLOCK', 2)
+  vectors = lp.as_vectors(jnp.zeros(shape))
+  assert _weight_vectors._chunking(vectors.shape[1],
+                                   vectors.shape[0]) == chunking
+  rng = np.random.default_rng(0)
+  leaf = rng.standard_normal(shape).astype(np.float32)
+  leaf[..., ::3] = np.round(leaf[..., ::3])  # Ties, as in a pruned kernel.
+  sorted_init = lp.sort_vectors(jnp.asarray(rng.standard_normal(shape),
+                                            jnp.float32))
+
+  def place(_, rows, sorted_rows):
+    return _weight_vectors.place_rows(rows, sorted_rows)
+
+  chunked, whole = (
+      jax.jit(lambda x, s, f=f: f(place, s, x, s))(leaf, sorted_init)
+      for f in (_weight_vectors._map_chunks, _weight_vectors._map_whole))
+  np.testing.assert_array_equal(np.asarray(chunked).view(np.uint32),
+                                np.asarray(whole).view(np.uint32))
+  rank = _stable_ranks(_numpy_vectors(leaf))
+  np.testing.assert_array_equal(
+      _numpy_vectors(chunked),
+      np.take_along_axis(_numpy_vectors(sorted_init), rank, axis=0))
