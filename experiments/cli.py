@@ -12,7 +12,7 @@ import difflib
 import pathlib
 import sys
 from collections.abc import Callable
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import ml_collections
 
@@ -124,6 +124,23 @@ def _parse_devices(text: str) -> int:
   return count
 
 
+def _parse_seeds(text: str) -> Union[int, tuple[int, ...]]:
+  """``--seeds``: a count (``5``) or a comma-separated list (``0,3,7``)."""
+  try:
+    values = tuple(int(value) for value in text.split(',') if value.strip())
+  except ValueError:
+    values = ()
+  if ',' in text:
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+      raise argparse.ArgumentTypeError(
+          f'expected distinct seeds >= 0 like 0,3,7; got {text!r}')
+    return values
+  if len(values) != 1 or values[0] < 1:
+    raise argparse.ArgumentTypeError(
+        f'expected a number of seeds >= 1, or a list like 0,3,7; got {text!r}')
+  return values[0]
+
+
 def _fields(config: ml_collections.ConfigDict, prefix: str = ''
             ) -> dict[str, Any]:
   """Every field of a config by flattened key (``optimizer.name``)."""
@@ -184,6 +201,10 @@ def parser() -> argparse.ArgumentParser:
   cli.add_argument('--epochs', type=_integer_from(1))
   # NumPy's generators take no negative seeds.
   cli.add_argument('--seed', type=_integer_from(0))
+  cli.add_argument('--seeds', type=_parse_seeds, metavar='N|S1,S2,...',
+                   help='train every run for several seeds: a count N '
+                   '(seeds --seed .. --seed+N-1, from 0 by default) or a '
+                   'comma-separated list; results are given as mean +- std')
   cli.add_argument('--runs', help='comma-separated subset of the runs')
   cli.add_argument('--devices', type=_parse_devices, metavar='N',
                    help='train data parallel on N local devices (0 or '
@@ -225,6 +246,9 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
       config.update_from_flattened_dict(QUICK_OVERRIDES)
       config.optimizer.sync_period = min(config.optimizer.sync_period,
                                          QUICK_MAX_SYNC_PERIOD)
+      if config.eval_every_steps:
+        config.eval_every_steps = min(config.eval_every_steps,
+                                      QUICK_MAX_SYNC_PERIOD)
       config.validation_size = min(config.validation_size,
                                    QUICK_MAX_VALIDATION)
     try:
@@ -299,15 +323,38 @@ def load_splits(config: ml_collections.ConfigDict
   """The normalized splits a config asks for, and the number of classes."""
   dataset = data.load(config.dataset, data_dir=config.data_dir or None,
                       validation_size=config.validation_size,
-                      seed=config.seed)
+                      seed=config.data_seed)
   if config.max_examples:
     dataset = data.take(dataset, config.max_examples)
   return (data.normalize(dataset, config.normalization), dataset.num_classes,
           dataset.image_shape)
 
 
-def run(preset_name: str, args: argparse.Namespace) -> list[train.RunResult]:
-  """Runs a preset's runs, prints the table, writes summary and figures."""
+def run_seeds(config: ml_collections.ConfigDict,
+              args: argparse.Namespace) -> tuple[int, ...]:
+  """The seeds of a run: ``--seeds`` (a count starts at ``config.seed``)."""
+  seeds = getattr(args, 'seeds', None)
+  if seeds is None:
+    return (config.seed,)
+  if isinstance(seeds, int):
+    return tuple(range(config.seed, config.seed + seeds))
+  return seeds
+
+
+def _with_seed(config: ml_collections.ConfigDict,
+               seed: int) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.seed = seed
+  return config
+
+
+def run(preset_name: str, args: argparse.Namespace
+        ) -> list[list[train.RunResult]]:
+  """Runs a preset's runs, prints the table, writes summary and figures.
+
+  Returns:
+    Per run, one result per seed.
+  """
   preset = configs.get(preset_name)
   run_configs_by_name = run_configs(preset, args)
   check_resume(args)
@@ -320,7 +367,7 @@ def run(preset_name: str, args: argparse.Namespace) -> list[train.RunResult]:
   results = []
   for name, config in run_configs_by_name.items():
     data_key = (config.dataset, config.data_dir, config.validation_size,
-                config.seed, config.normalization, config.max_examples)
+                config.data_seed, config.normalization, config.max_examples)
     try:
       mesh = train.make_mesh(config.devices)
     except ValueError as error:
@@ -339,9 +386,17 @@ def run(preset_name: str, args: argparse.Namespace) -> list[train.RunResult]:
           f'train / {len(splits["validation"].labels)} validation / '
           f'{len(splits["test"].labels)} test, {config.epochs} epochs'
           f'{devices}')
-    results.append(train.train_and_evaluate(
-        config, splits, num_classes, out / name, name=name,
-        resume=args.resume))
+    seeds = run_seeds(config, args)
+    if config.seeds_in_one_step or len(seeds) == 1:
+      results.append(train.train_seeds(
+          config, seeds, splits, num_classes, out / name, name=name,
+          resume=args.resume))
+    else:
+      results.append([
+          train.train_and_evaluate(
+              _with_seed(config, seed), splits, num_classes,
+              out / name / f'seed-{seed}', name=name, resume=args.resume)
+          for seed in seeds])
   print(report.table(results, [config.optimizer.name
                                for config in run_configs_by_name.values()]))
   report.write_summary(results, preset_name, out / 'summary.json')

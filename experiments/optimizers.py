@@ -59,6 +59,12 @@ def is_batch_norm_leaf(params: optax.Params) -> Any:
   return jax.tree_util.tree_map_with_path(in_batch_norm, params)
 
 
+def _biases_and_kernels(params: optax.Params) -> Any:
+  """A mask of every leaf but BatchNorm's scale and offset."""
+  in_batch_norm = is_batch_norm_leaf(params)
+  return jax.tree.map(lambda is_bn: not is_bn, in_batch_norm)
+
+
 def create(config: ml_collections.ConfigDict,
            steps_per_epoch: int) -> optax.GradientTransformation:
   """Builds the optimizer a config names.
@@ -66,7 +72,9 @@ def create(config: ml_collections.ConfigDict,
   Args:
     config: The ``optimizer`` section: ``name`` (one of :data:`NAMES`), the
       schedule fields of :func:`learning_rate`, ``sync_period`` (LaPerm's
-      k), ``gamma_beta_reset`` (LaPerm resets BatchNorm scale and offset to 1
+      k), ``permute_biases`` (LaPerm permutes 1-D leaves too, each as one
+      weight vector, as the authors' Conv7 notebook does with
+      ``skip_bias=False``), ``gamma_beta_reset`` (LaPerm resets BatchNorm scale and offset to 1
       and 0 at each sync, A.5.6), ``lookahead_sync_period`` and
       ``lookahead_step_size`` (TensorFlow's defaults, 6 and 0.5, in 5.1).
     steps_per_epoch: Train steps in one epoch.
@@ -79,6 +87,7 @@ def create(config: ml_collections.ConfigDict,
   if config.name == 'laperm':
     return lp.laperm(
         optax.adam(schedule), config.sync_period,
+        mask=_biases_and_kernels if config.permute_biases else None,
         reset_mask=is_batch_norm_leaf if config.gamma_beta_reset else None)
   if config.name == 'adam':
     return optax.adam(schedule)

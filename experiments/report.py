@@ -1,54 +1,96 @@
-"""What a finished experiment shows: a table, a summary file and figures."""
+"""What a finished experiment shows: a table, a summary file and figures.
+
+Every run has one result per seed; the table and ``summary.json`` give the
+mean, standard deviation (over seeds, ``ddof=0``), min and max of the
+validation accuracy that picked the best weights, the test accuracy of those
+weights, and the test accuracy of the last weights, and keep every seed's
+numbers.
+"""
 
 import json
 import pathlib
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 from experiments import monitor
 from experiments import train
 
-_COLUMNS = (('run', 24), ('optimizer', 10), ('best ep', 8),
-            ('val acc', 8), ('test acc', 9), ('final test', 11),
+_COLUMNS = (('run', 24), ('optimizer', 10), ('seeds', 5), ('best ep', 8),
+            ('val acc', 15), ('test acc', 15), ('final test', 15),
             ('seconds', 8))
+_METRICS = {'best_val_accuracy': 'best_val_accuracy',
+            'test_accuracy_of_best': 'test_accuracy',
+            'final_test_accuracy': 'final_test_accuracy'}
 
 
-def table(results: Sequence[train.RunResult],
+def statistics(values: Sequence[float]) -> dict[str, float]:
+  """Mean, standard deviation (``ddof=0``), min and max of ``values``."""
+  values = np.asarray(values, np.float64)
+  return {'mean': float(values.mean()), 'std': float(values.std()),
+          'min': float(values.min()), 'max': float(values.max())}
+
+
+def _mean_std(values: Sequence[float]) -> str:
+  if len(values) == 1:
+    return f'{values[0]:.4f}'
+  stats = statistics(values)
+  return f'{stats["mean"]:.4f}+-{stats["std"]:.4f}'
+
+
+def table(results: Sequence[Sequence[train.RunResult]],
           optimizer_names: Sequence[str]) -> str:
-  """A plain-text table: one row per run.
+  """A plain-text table: one row per run, mean +- std over its seeds.
 
   ``test acc`` is the test accuracy of the weights that did best on
-  validation, ``final test`` that of the last epoch's; for LaPerm both are
-  measured on exactly synchronized weights.
+  validation, ``final test`` that of the last weights; for LaPerm both are
+  measured on exactly synchronized weights. ``best ep`` is the median best
+  epoch; ``seconds`` the wall time of all seeds.
   """
   header = ' '.join(f'{name:>{width}}' for name, width in _COLUMNS)
   rows = [header, '-' * len(header)]
-  for result, optimizer in zip(results, optimizer_names):
-    values = (result.name, optimizer, result.best_epoch,
-              f'{result.best_val_accuracy:.4f}',
-              f'{result.test_accuracy:.4f}',
-              f'{result.final_test_accuracy:.4f}', f'{result.seconds:.1f}')
+  for seeds, optimizer in zip(results, optimizer_names):
+    values = (seeds[0].name, optimizer, len(seeds),
+              int(np.median([result.best_epoch for result in seeds])),
+              *(_mean_std([getattr(result, field) for result in seeds])
+                for field in _METRICS.values()),
+              f'{_seconds(seeds):.1f}')
     rows.append(' '.join(f'{value!s:>{width}}'
                          for value, (_, width) in zip(values, _COLUMNS)))
   return '\n'.join(rows)
 
 
-def write_summary(results: Sequence[train.RunResult], preset: str,
+def _seconds(seeds: Sequence[train.RunResult]) -> float:
+  """Wall time of a run's seeds: shared when they trained together."""
+  times = {result.seconds for result in seeds}
+  return sum(times)
+
+
+def _per_seed(result: train.RunResult) -> dict[str, Any]:
+  return {'seed': result.seed, 'best_epoch': result.best_epoch,
+          'best_step': result.best_step,
+          **{key: getattr(result, field) for key, field in _METRICS.items()},
+          'seconds': result.seconds}
+
+
+def write_summary(results: Sequence[Sequence[train.RunResult]], preset: str,
                   path: pathlib.Path) -> None:
+  """Writes ``summary.json``: per run, statistics over seeds and each seed."""
   path.write_text(json.dumps({
       'preset': preset,
-      'runs': {result.name: {
-          'best_epoch': result.best_epoch,
-          'best_val_accuracy': result.best_val_accuracy,
-          'test_accuracy_of_best': result.test_accuracy,
-          'final_test_accuracy': result.final_test_accuracy,
-          'seconds': result.seconds,
-      } for result in results},
+      'runs': {seeds[0].name: {
+          'seeds': [result.seed for result in seeds],
+          **{key: statistics([getattr(result, field) for result in seeds])
+             for key, field in _METRICS.items()},
+          'seconds': _seconds(seeds),
+          'per_seed': [_per_seed(result) for result in seeds],
+      } for seeds in results},
   }, indent=1))
 
 
-def write_figures(results: Sequence[train.RunResult],
+def write_figures(results: Sequence[Sequence[train.RunResult]],
                   out: pathlib.Path) -> list[pathlib.Path]:
-  """Writes the training monitor and each run's weight profiles.
+  """Writes the training monitor and each run's weight profiles (first seed).
 
   Uses ``laperm_jax.plots`` (matplotlib, the ``plots`` extra). When it is
   not installed, prints why and writes nothing.
@@ -63,14 +105,14 @@ def write_figures(results: Sequence[train.RunResult],
           "Install the 'plots' extra to get them.")
     return []
   written = []
-  monitored = {result.name: monitor.stack(result.monitor)
-               for result in results if result.monitor}
+  monitored = {seeds[0].name: monitor.stack(seeds[0].monitor)
+               for seeds in results if seeds[0].monitor}
   if monitored:
     path = out / 'training_monitor.png'
     plots.plot_training_monitor(monitored, path)
     written.append(path)
-  for result in results:
-    path = out / f'{result.name}-weight_profiles.png'
-    plots.plot_weight_profiles(result.best_params, path)
+  for seeds in results:
+    path = out / f'{seeds[0].name}-weight_profiles.png'
+    plots.plot_weight_profiles(seeds[0].best_params, path)
     written.append(path)
   return written

@@ -1,18 +1,30 @@
-"""Training and evaluation: jitted steps, checkpoints, best-weights tracking.
+"""Training and evaluation: jitted steps, seeds, checkpoints, best weights.
 
 The training split sits on the device; per epoch one jitted call draws the
-shuffled batch indices and step keys, and one jitted, state-donating call
-per step gathers its batch on the device, augments it and takes the step.
-(Not a ``jax.lax.scan`` over the steps: XLA's CPU backend runs the
-convolutions of a loop body about ten times slower than those of a plain
-jitted step; measured on Conv7.) After every
-``eval_every`` epochs the model is evaluated on the validation split with
-the weights its optimizer is judged by (``optimizers.eval_params``: for
-LaPerm, exactly synchronized weights); the best such weights are kept and
-scored on the test split at the end. An orbax checkpoint is written every
-``checkpoint_every`` epochs (default 1) and at the end; a resumed run
-continues bit for bit, since every random draw comes from the seed and the
-epoch number.
+shuffled batch indices and step keys, and jitted calls of one step each (or,
+with ``steps_per_call > 1``, one ``lax.scan`` over a block of steps) gather
+each batch on the device, augment it and take the step. Conv presets keep
+one step per call: XLA's CPU backend runs the convolutions of a loop body
+about ten times slower than those of a plain jitted step (measured on
+Conv7); small dense nets run faster in blocks (fewer dispatches).
+
+Seeds: ``train_seeds`` trains several seeds of one run. With
+``config.seeds_in_one_step`` (the presets of small dense nets) they train
+together, one jitted call for all (a ``lax.map`` over the seeds), so that
+five seeds of F1 cost about 1.5 runs; a seed's results equal those of the
+same seed trained alone, bit for bit. The conv presets train one seed per
+call.
+
+Evaluation: every ``eval_every`` epochs, or every ``eval_every_steps``
+steps (the weight-agnostic presets: right after every sync, as the authors'
+code validates), the model is evaluated on the validation split with the
+weights its optimizer is judged by (``optimizers.eval_params``: for LaPerm,
+exactly synchronized weights); the best such weights are kept, per seed,
+and scored on the test split at the end. Test data never picks weights.
+
+An orbax checkpoint is written every ``checkpoint_every`` epochs (default
+1) and at the end; a resumed run continues bit for bit, since every random
+draw comes from the seed and the epoch number.
 
 Data parallel: ``config.devices`` (``--devices``; default 1, 0 for all local
 devices) runs every step on that many devices of a 1-D ``('batch',)``
@@ -32,7 +44,7 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from flax import linen as nn
 from flax.training import train_state
@@ -65,20 +77,27 @@ class RunResult:
 
   Attributes:
     name: The run's name.
-    history: One dict of metrics per epoch.
+    seed: The run's seed.
+    history: One dict of metrics per record: at every evaluation and at the
+      end of every epoch, with the ``epoch`` (1-based) and ``step`` (steps
+      done) it was made at; train metrics are means since the last record.
     best_epoch: The epoch of the best validation accuracy.
+    best_step: The step of the best validation accuracy.
     best_val_accuracy: That accuracy.
     test_accuracy: Test accuracy of the best weights.
     final_test_accuracy: Test accuracy of the last epoch's weights.
-    seconds: Wall time of the run, compilation included.
+    seconds: Wall time of the run, compilation included (of all seeds
+      trained together).
     monitor: The A.3 monitor entries (empty unless ``config.monitor``).
     state: The final train state.
     best_params: The best weights (as evaluated: synchronized for LaPerm).
   """
 
   name: str
+  seed: int
   history: list[dict[str, float]]
   best_epoch: int
+  best_step: int
   best_val_accuracy: float
   test_accuracy: float
   final_test_accuracy: float
@@ -161,6 +180,32 @@ def l2_penalty(params: Any) -> jax.Array:
                                                               params)))
 
 
+def _kernel_paths_in_layer_order(params: Any) -> list[str]:
+  """Key paths of the kernels, input layer first and ``head`` last.
+
+  The models of ``experiments.models`` name their layers so that sorted key
+  order is layer order once ``head`` is moved last (see
+  ``monitor.first_kernel_path``).
+  """
+  paths = [jax.tree_util.keystr(path) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(params)[0]
+           if np.ndim(leaf) >= 2]
+  return sorted(paths, key=lambda path: path.startswith("['head']"))
+
+
+def _per_kernel(values: Sequence[float], params: Any) -> Any:
+  """A tree of ``values`` at the kernels, in layer order, and 1 elsewhere."""
+  kernels = _kernel_paths_in_layer_order(params)
+  if len(values) != len(kernels):
+    raise ValueError(f'init.keep_per_kernel has {len(values)} values but the '
+                     f'model has {len(kernels)} kernels ({", ".join(kernels)}):'
+                     ' give one per kernel, from input to output.')
+  by_path = dict(zip(kernels, values))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: by_path.get(jax.tree_util.keystr(path), 1.0),
+      params)
+
+
 def initial_params(config: ml_collections.ConfigDict, key: jax.Array,
                    params: Any) -> Any:
   """The kernels' initial weights: as initialized, pruned, or shared-value.
@@ -169,9 +214,11 @@ def initial_params(config: ml_collections.ConfigDict, key: jax.Array,
     config: The ``init`` section: ``kind`` is ``random`` (unchanged),
       ``prune`` (zero ``prune_rate`` of each kernel, the input layer at most
       ``first_layer_max``, Section 5.4; ``size_aware`` prunes large kernels
-      more, A.5.0) or ``shared_value`` (every kernel weight 0 or ``value``,
-      a fraction ``keep`` of them nonzero, Section 5.5; ``size_aware`` spreads
-      ``keep`` over the kernels by size).
+      more, A.5.0) or ``shared_value`` (every kernel weight 0 or ``value``, a
+      fraction ``keep`` of them nonzero, Section 5.5; ``keep_per_kernel``,
+      if given, one fraction per kernel from input to output layer instead;
+      ``size_aware`` spreads ``keep`` over the kernels by the n^-0.3 rule of
+      ``lp.size_aware_rates``, A.5.0).
     key: A PRNG key.
     params: The model's freshly initialized params.
 
@@ -187,8 +234,13 @@ def initial_params(config: ml_collections.ConfigDict, key: jax.Array,
         key, params, config.prune_rate, size_aware=config.size_aware,
         first_layer=first_layer, first_layer_max=config.first_layer_max).params
   if config.kind == 'shared_value':
+    if config.keep_per_kernel and config.size_aware:
+      raise ValueError('init.size_aware derives the fraction of each kernel; '
+                       'it cannot be combined with init.keep_per_kernel.')
     keep = config.keep
-    if config.size_aware:
+    if config.keep_per_kernel:
+      keep = _per_kernel(config.keep_per_kernel, params)
+    elif config.size_aware:
       keep = jax.tree.map(lambda rate: 1.0 - rate,
                           lp.size_aware_rates(params, 1.0 - config.keep))
     return lp.shared_value(key, params, config.value, keep)
@@ -197,15 +249,29 @@ def initial_params(config: ml_collections.ConfigDict, key: jax.Array,
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       image_shape: tuple[int, ...],
-                       steps_per_epoch: int) -> TrainState:
-  """Initializes the model, its initial weights and the optimizer."""
+                       image_shape: tuple[int, ...], steps_per_epoch: int, *,
+                       tx: Optional[optax.GradientTransformation] = None
+                       ) -> TrainState:
+  """Initializes the model, its initial weights and the optimizer.
+
+  Args:
+    config: The run's config; ``config.seed`` draws the initial weights.
+    model: The Flax module.
+    image_shape: Shape of one input image.
+    steps_per_epoch: Train steps in one epoch (for the schedules).
+    tx: The optimizer; built from ``config.optimizer`` when None. Runs of
+      several seeds share one, so that their states stack.
+
+  Returns:
+    The train state of one seed.
+  """
   init_key, weights_key = jax.random.split(jax.random.key(config.seed))
   # Jitted: eager initialization compiles every op on its own, which costs
   # seconds on CPU.
   variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape)))
   params = initial_params(config.init, weights_key, variables['params'])
-  tx = optimizers.create(config.optimizer, steps_per_epoch)
+  if tx is None:
+    tx = optimizers.create(config.optimizer, steps_per_epoch)
   state = TrainState.create(
       apply_fn=model.apply,
       params=optimizers.wrap_params(config.optimizer, params), tx=tx,
@@ -214,14 +280,71 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
   return state.replace(step=jnp.zeros([], jnp.int32))
 
 
-def make_train_epoch(config: ml_collections.ConfigDict, model: nn.Module,
-                     steps_per_epoch: int,
-                     mesh: Optional[jax.sharding.Mesh] = None
-                     ) -> Callable[..., Any]:
-  """The ``(state, images, labels, key) -> (state, metrics)`` epoch.
+def _stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
-  With a ``mesh``, each batch is sharded along the mesh's ``'batch'`` axis
-  and the returned state and metrics are replicated.
+
+def _seed(tree: Any, index: int) -> Any:
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def _over_seeds(fn: Callable[..., Any], in_axes: tuple[Optional[int], ...],
+                together: bool) -> Callable[..., Any]:
+  """``fn`` mapped over a leading seed axis of the arguments marked 0.
+
+  ``together``: every seed in one call, a ``lax.map`` over the seeds of the
+  unbatched ``fn``. Not ``jax.vmap``: XLA's CPU backend rounds a batched
+  dot differently depending on the batch size and the position in it, so a
+  vmapped seed's results would depend on its company; and on CPU the
+  ``lax.map`` step of F1 and F2 ran twice as fast as the vmapped one (5
+  seeds). Otherwise the seed axis holds one seed, which ``fn`` sees without
+  it: the program of a plain single-seed step (a loop body runs XLA CPU's
+  convolutions slower).
+  """
+  if together:
+    def mapped(*args):
+      seeded = [arg for arg, axis in zip(args, in_axes) if axis is not None]
+
+      def one(seeded_args):
+        seeded_args = iter(seeded_args)
+        return fn(*[next(seeded_args) if axis is not None else arg
+                    for arg, axis in zip(args, in_axes)])
+
+      return lax.map(one, seeded)
+    return mapped
+
+  def one_seed(*args):
+    args = [arg if axis is None else _seed(arg, 0)
+            for arg, axis in zip(args, in_axes)]
+    return jax.tree.map(lambda leaf: leaf[None], fn(*args))
+
+  return one_seed
+
+
+def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module,
+                     steps_per_epoch: int,
+                     mesh: Optional[jax.sharding.Mesh] = None,
+                     together: bool = False
+                     ) -> tuple[Callable[..., Any], ...]:
+  """The jitted functions that train a stack of seeds.
+
+  Args:
+    config: The run's config (``steps_per_call`` steps per jitted call).
+    model: The Flax module.
+    steps_per_epoch: Train steps in one epoch.
+    mesh: The data-parallel mesh, or None.
+    together: Whether all seeds train in one step (else exactly one seed is
+      trained; see :func:`_over_seeds`).
+
+  Returns:
+    ``draw(epoch_keys, count) -> (order, step_keys)``: per seed, the epoch's
+    batches as indices into the ``count`` training examples and a key per
+    step; and ``train(state, images, labels, order, step_keys, start, stop)
+    -> (state, metrics)``: steps ``start`` to ``stop`` of the epoch, metrics
+    of shape ``(seeds, stop - start)`` as NumPy arrays. With ``steps_per_call > 1``, blocks
+    of that many steps run as one ``lax.scan`` (fewer dispatches: faster for
+    small dense nets; XLA's CPU backend runs the convolutions of a loop
+    body about ten times slower, measured on Conv7, so conv presets keep 1).
   """
   augment_config = config.augment if augment.is_enabled(
       config.augment) else None
@@ -247,45 +370,70 @@ def make_train_epoch(config: ml_collections.ConfigDict, model: nn.Module,
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return state, {'train_loss': loss, 'train_accuracy': accuracy}
 
-  @functools.partial(jax.jit, static_argnums=1)
-  def draw(key, count):
+  def draw_one(key, count):
     order_key, steps_key = jax.random.split(key)
     order = jax.random.permutation(order_key, count)
     order = order[:steps_per_epoch * config.batch_size].reshape(
         steps_per_epoch, config.batch_size)
     return order, jax.random.split(steps_key, steps_per_epoch)
 
-  def step(state, images, labels, order, step_keys, index):
+  draw = jax.jit(jax.vmap(draw_one, in_axes=(0, None)), static_argnums=1)
+
+  def one_step(state, images, labels, order, step_keys, index):
     batch_images, batch_labels = _shard_batch(
         mesh, (images[order[index]], labels[order[index]]))
     return train_step(state, batch_images, batch_labels, step_keys[index])
 
-  # Not donated: the best weights kept between epochs may share the
+  seeded_step = _over_seeds(one_step, (0, None, None, 0, 0, None), together)
+
+  def block(state, images, labels, order, step_keys, start):
+    def body(state, index):
+      return seeded_step(state, images, labels, order, step_keys, index)
+
+    state, metrics = lax.scan(
+        body, state, start + jnp.arange(config.steps_per_call))
+    return state, jax.tree.map(lambda values: values.T, metrics)
+
+  # Not donated: the best weights kept between evaluations may share the
   # state's buffers.
-  step = jax.jit(step) if mesh is None else jax.jit(
-      step, out_shardings=_replicated(mesh))
+  jit = jax.jit if mesh is None else functools.partial(
+      jax.jit, out_shardings=_replicated(mesh))
+  seeded_step, block = jit(seeded_step), jit(block)
 
-  def train_epoch(state, images, labels, key):
-    order, step_keys = draw(key, images.shape[0])
+  def train(state, images, labels, order, step_keys, start, stop):
     metrics = []
-    for index in range(steps_per_epoch):
-      state, step_metrics = step(state, images, labels, order, step_keys,
-                                 index)
+    index = start
+    if config.steps_per_call > 1:
+      while stop - index >= config.steps_per_call:
+        state, block_metrics = block(state, images, labels, order, step_keys,
+                                     index)
+        metrics.append(block_metrics)
+        index += config.steps_per_call
+    for index in range(index, stop):
+      state, step_metrics = seeded_step(state, images, labels, order,
+                                        step_keys, index)
       metrics.append(step_metrics)
-    return state, jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)),
-                               *metrics)
+    # On the host: eager ops on the device would compile anew for every
+    # segment length.
+    metrics = jax.device_get(metrics)
+    return state, jax.tree.map(
+        lambda *values: np.concatenate(
+            [value.reshape(len(value), -1) for value in values], 1),
+        *metrics)
 
-  return train_epoch
+  return draw, train
 
 
 def make_evaluate(model: nn.Module, batch_size: int,
-                  mesh: Optional[jax.sharding.Mesh] = None
-                  ) -> Callable[..., Any]:
+                  mesh: Optional[jax.sharding.Mesh] = None,
+                  together: bool = False) -> Callable[..., Any]:
   """The jitted ``(params, batch_stats, images, labels) -> (loss, accuracy)``.
 
-  Batches are scanned over on device; the last one is padded and the
-  padding weighted out. With a ``mesh``, batches are sharded along its
-  ``'batch'`` axis (their size rounded up to a multiple of its devices).
+  ``params`` and ``batch_stats`` hold a leading seed axis (see
+  :func:`make_train_steps`); loss and accuracy are per seed. Batches are
+  scanned over on device; the last one is padded and the padding weighted
+  out. With a ``mesh``, batches are sharded along its ``'batch'`` axis
+  (their size rounded up to a multiple of its devices).
   """
   def evaluate(params, batch_stats, images, labels):
     count = images.shape[0]
@@ -311,18 +459,51 @@ def make_evaluate(model: nn.Module, batch_size: int,
                                   batches)
     return loss / count, correct / count
 
+  evaluate = _over_seeds(evaluate, (0, 0, None, None), together)
   if mesh is None:
     return jax.jit(evaluate)
   return jax.jit(evaluate, out_shardings=_replicated(mesh))
 
 
+@jax.jit
+def _where_improved(improved: jax.Array, new: Any, old: Any) -> Any:
+  """Per seed, ``new`` where ``improved`` else ``old``."""
+  return jax.tree.map(
+      lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)),
+                             n, o), new, old)
+
+
+def record_points(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                  epoch: int) -> dict[int, bool]:
+  """Where epoch ``epoch`` (0-based) records metrics, and whether it evaluates.
+
+  Returns:
+    ``{steps into the epoch: evaluate}``, sorted. With ``eval_every_steps``,
+    an evaluation follows every step count that is a multiple of it (counted
+    from the start of training: with it equal to LaPerm's sync period, right
+    after every sync); else every ``eval_every`` epochs. Every epoch ends
+    with a record, and the last one with an evaluation.
+  """
+  first = epoch * steps_per_epoch
+  points = {}
+  if config.eval_every_steps:
+    period = config.eval_every_steps
+    for done in range(-(-(first + 1) // period) * period,
+                      first + steps_per_epoch + 1, period):
+      points[done - first] = True
+  end = (not config.eval_every_steps and
+         (epoch + 1) % config.eval_every == 0) or epoch + 1 == config.epochs
+  points[steps_per_epoch] = points.get(steps_per_epoch, False) or end
+  return dict(sorted(points.items()))
+
+
 @dataclasses.dataclass
 class _Progress:
-  """What a run tracks besides the train state; all of it is checkpointed."""
+  """What one seed's run tracks besides the train state; all checkpointed."""
 
-  epoch: int
   history: list[dict[str, float]]
   best_epoch: int
+  best_step: int
   best_val_accuracy: float
   monitor: list[dict[str, Any]]
 
@@ -345,22 +526,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        splits: dict[str, data.Split], num_classes: int,
                        workdir: pathlib.Path, *, name: str = 'run',
                        resume: bool = False) -> RunResult:
-  """Trains one run, evaluates and checkpoints it, writes its metrics.
+  """Trains the run of ``config.seed``; see :func:`train_seeds`."""
+  return train_seeds(config, (config.seed,), splits, num_classes, workdir,
+                     name=name, resume=resume)[0]
+
+
+def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
+                splits: dict[str, data.Split], num_classes: int,
+                workdir: pathlib.Path, *, name: str = 'run',
+                resume: bool = False) -> list[RunResult]:
+  """Trains one run per seed, evaluates and checkpoints them, writes metrics.
+
+  With ``config.seeds_in_one_step`` the seeds train together: one jitted
+  step (or block of steps) for all of them, so that a few seeds of a small
+  net cost little more than one. A seed's results do not depend on which
+  other seeds train beside it (bitwise; tested). Without it, exactly one
+  seed is accepted (run several seeds one after another).
 
   Args:
     config: The run's config (see ``experiments/configs/base.py``; its
       ``devices`` field asks for data parallelism over that many local
-      devices, 0 for all).
+      devices, 0 for all). ``config.seed`` is replaced by each seed.
+    seeds: The seeds: initial weights, batch order, augmentation, dropout.
+      The validation split is drawn with ``config.data_seed``, the same for
+      every seed.
     splits: Normalized ``train``, ``validation`` and ``test`` splits.
     num_classes: Classes of the dataset.
-    workdir: Where the run writes ``checkpoints/`` and ``metrics.json``.
+    workdir: Where the runs write ``checkpoints/`` and ``metrics.json``
+      (``seed-S/metrics.json`` per seed when there are several).
     name: The run's name, shown on the progress bar.
     resume: Continue from the latest checkpoint in ``workdir`` if any.
 
   Returns:
-    The :class:`RunResult`.
+    One :class:`RunResult` per seed, in the order of ``seeds``.
   """
-  start = time.perf_counter()
+  start_time = time.perf_counter()
+  seeds = tuple(int(seed) for seed in seeds)
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'seeds must be distinct and at least one; got {seeds}.')
+  if len(seeds) > 1 and not config.seeds_in_one_step:
+    raise ValueError(f'{len(seeds)} seeds given but config.seeds_in_one_step is '
+                     'off: train one seed per call.')
   mesh = make_mesh(config.devices)
   if mesh is not None and config.batch_size % mesh.size:
     raise ValueError(f'batch_size {config.batch_size} is not divisible by '
@@ -373,31 +579,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
                      f'{len(splits["train"].labels)} training examples.')
   model = models.create(config.model, num_classes)
-  state = create_train_state(config, model, splits['train'].images.shape[1:],
-                             steps_per_epoch)
+  tx = optimizers.create(config.optimizer, steps_per_epoch)
+  seed_configs = []
+  for seed in seeds:
+    seed_config = ml_collections.ConfigDict(config.to_dict())
+    seed_config.seed = seed
+    seed_configs.append(seed_config)
+  state = _stack([
+      create_train_state(seed_config, model, splits['train'].images.shape[1:],
+                         steps_per_epoch, tx=tx)
+      for seed_config in seed_configs])
   if mesh is not None:
     state = _device_put(mesh, state)
-  train_epoch = make_train_epoch(config, model, steps_per_epoch, mesh)
-  evaluate = make_evaluate(model, config.eval_batch_size, mesh)
-
-  eval_params = jax.jit(optimizers.eval_params) if mesh is None else jax.jit(
-      optimizers.eval_params, out_shardings=_replicated(mesh))
+  together = bool(config.seeds_in_one_step)
+  draw, train_steps = make_train_steps(config, model, steps_per_epoch, mesh,
+                                       together)
+  evaluate = make_evaluate(model, config.eval_batch_size, mesh, together)
+  eval_params = _over_seeds(optimizers.eval_params, (0, 0), together)
+  eval_params = jax.jit(eval_params) if mesh is None else jax.jit(
+      eval_params, out_shardings=_replicated(mesh))
 
   def eval_weights(state):
     return eval_params(state.params, state.opt_state)
 
-  kernel_path = monitor.first_kernel_path(eval_weights(state))
+  kernel_path = monitor.first_kernel_path(_seed(eval_weights(state), 0))
   best_params, best_batch_stats = eval_weights(state), state.batch_stats
   previous_kernel = monitor.get_leaf(best_params, kernel_path)
-  progress = _Progress(epoch=0, history=[], best_epoch=0,
-                       best_val_accuracy=-1.0, monitor=[])
+  epoch = 0
+  progress = [_Progress(history=[], best_epoch=0, best_step=0,
+                        best_val_accuracy=-1.0, monitor=[]) for _ in seeds]
 
   def tracked():
     return {'state': state, 'best_params': best_params,
             'best_batch_stats': best_batch_stats,
             'previous_kernel': previous_kernel}
 
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  base_keys = jnp.stack([jax.random.fold_in(jax.random.key(seed), 1)
+                         for seed in seeds])
   with _checkpoint_manager(workdir) as manager:
     if resume and manager.latest_step() is not None:
       restored = manager.restore(
@@ -410,62 +628,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       best_params = restored.arrays['best_params']
       best_batch_stats = restored.arrays['best_batch_stats']
       previous_kernel = restored.arrays['previous_kernel']
-      progress = _Progress.from_json(restored.progress)
+      if restored.progress['seeds'] != list(seeds):
+        raise ValueError(f'{workdir} holds the seeds '
+                         f'{restored.progress["seeds"]}, not {list(seeds)}.')
+      epoch = restored.progress['epoch']
+      progress = [_Progress.from_json(values)
+                  for values in restored.progress['runs']]
     elif manager.latest_step() is not None:
       raise FileExistsError(
           f'{workdir} already holds checkpoints: pass resume=True (--resume) '
           'to continue them, or another output directory.')
     elif config.monitor:
       val_loss, _ = evaluate(best_params, state.batch_stats, *validation)
-      progress.monitor.append(monitor.record(0, previous_kernel,
-                                             previous_kernel, val_loss))
+      for index, seed_progress in enumerate(progress):
+        seed_progress.monitor.append(monitor.record(
+            0, previous_kernel[index], previous_kernel[index],
+            val_loss[index]))
 
-    bar = tqdm.trange(progress.epoch, config.epochs, desc=name,
-                      initial=progress.epoch, total=config.epochs,
-                      disable=not config.progress, unit='epoch')
+    bar = tqdm.trange(epoch, config.epochs, desc=name, initial=epoch,
+                      total=config.epochs, disable=not config.progress,
+                      unit='epoch')
     for epoch in bar:
-      state, metrics = train_epoch(state, *train,
-                                   jax.random.fold_in(base_key, epoch))
-      record = {'epoch': epoch + 1,
-                **{key: float(value) for key, value in metrics.items()}}
-      if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-        params = eval_weights(state)
-        val_loss, val_accuracy = evaluate(params, state.batch_stats,
-                                          *validation)
-        record.update(val_loss=float(val_loss),
-                      val_accuracy=float(val_accuracy))
-        if record['val_accuracy'] > progress.best_val_accuracy:
-          progress.best_epoch = epoch + 1
-          progress.best_val_accuracy = record['val_accuracy']
-          best_params, best_batch_stats = params, state.batch_stats
-        if config.monitor:
+      order, step_keys = draw(
+          jax.vmap(jax.random.fold_in, in_axes=(0, None))(base_keys, epoch),
+          train.images.shape[0])
+      done = 0
+      for stop, evaluates in record_points(config, steps_per_epoch,
+                                           epoch).items():
+        state, metrics = train_steps(state, *train, order, step_keys, done,
+                                     stop)
+        done = stop
+        step = epoch * steps_per_epoch + stop
+        metrics = jax.tree.map(lambda values: values.mean(1), metrics)
+        records = [{'epoch': epoch + 1, 'step': step,
+                    **{key: float(values[index])
+                       for key, values in metrics.items()}}
+                   for index in range(len(seeds))]
+        if evaluates:
+          params = eval_weights(state)
+          val_loss, val_accuracy = evaluate(params, state.batch_stats,
+                                            *validation)
+          val_loss, val_accuracy = np.asarray(val_loss), np.asarray(
+              val_accuracy)
+          improved = np.array([
+              accuracy > seed_progress.best_val_accuracy
+              for accuracy, seed_progress in zip(val_accuracy, progress)])
+          best_params, best_batch_stats = _where_improved(
+              improved, (params, state.batch_stats),
+              (best_params, best_batch_stats))
           kernel = monitor.get_leaf(params, kernel_path)
-          progress.monitor.append(monitor.record(epoch + 1, kernel,
-                                                 previous_kernel, val_loss))
-          previous_kernel = kernel
-      progress.history.append(record)
-      progress.epoch = epoch + 1
-      bar.set_postfix({key: f'{value:.4f}' for key, value in record.items()
-                       if key != 'epoch'})
+          for index, seed_progress in enumerate(progress):
+            records[index].update(val_loss=float(val_loss[index]),
+                                  val_accuracy=float(val_accuracy[index]))
+            if improved[index]:
+              seed_progress.best_epoch, seed_progress.best_step = (
+                  epoch + 1, step)
+              seed_progress.best_val_accuracy = float(val_accuracy[index])
+            if config.monitor:
+              seed_progress.monitor.append(monitor.record(
+                  epoch + 1, kernel[index], previous_kernel[index],
+                  val_loss[index]))
+          if config.monitor:
+            previous_kernel = kernel
+        for seed_progress, record in zip(progress, records):
+          seed_progress.history.append(record)
+      bar.set_postfix({key: f'{value:.4f}' for key, value in records[0].items()
+                       if key not in ('epoch', 'step')})
       if (epoch + 1) % config.checkpoint_every == 0 or (
           epoch + 1 == config.epochs):
         manager.save(epoch + 1, args=ocp.args.Composite(
             arrays=ocp.args.StandardSave(tracked()),
-            progress=ocp.args.JsonSave(progress.to_json())))
+            progress=ocp.args.JsonSave({
+                'epoch': epoch + 1, 'seeds': list(seeds),
+                'runs': [seed_progress.to_json()
+                         for seed_progress in progress]})))
 
   test = _device_put(mesh, splits['test'])
   _, test_accuracy = evaluate(best_params, best_batch_stats, *test)
   _, final_test_accuracy = evaluate(eval_weights(state), state.batch_stats,
                                     *test)
-  result = RunResult(
-      name=name, history=progress.history, best_epoch=progress.best_epoch,
-      best_val_accuracy=progress.best_val_accuracy,
-      test_accuracy=float(test_accuracy),
-      final_test_accuracy=float(final_test_accuracy),
-      seconds=time.perf_counter() - start, monitor=progress.monitor,
-      state=state, best_params=best_params)
-  write_metrics(result, config, workdir / 'metrics.json')
-  return result
+  seconds = time.perf_counter() - start_time
+  results = []
+  for index, (seed_config, seed_progress) in enumerate(zip(seed_configs,
+                                                           progress)):
+    result = RunResult(
+        name=name, seed=seed_config.seed, history=seed_progress.history,
+        best_epoch=seed_progress.best_epoch,
+        best_step=seed_progress.best_step,
+        best_val_accuracy=seed_progress.best_val_accuracy,
+        test_accuracy=float(test_accuracy[index]),
+        final_test_accuracy=float(final_test_accuracy[index]),
+        seconds=seconds, monitor=seed_progress.monitor,
+        state=_seed(state, index), best_params=_seed(best_params, index))
+    results.append(result)
+    metrics_dir = workdir if len(seeds) == 1 else (
+        workdir / f'seed-{seed_config.seed}')
+    metrics_dir.mkdir(exist_ok=True)
+    write_metrics(result, seed_config, metrics_dir / 'metrics.json')
+  return results
 
 
 def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
@@ -473,9 +733,11 @@ def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
   """Writes a run's config, per-epoch history and final numbers as JSON."""
   path.write_text(json.dumps({
       'name': result.name,
+      'seed': result.seed,
       'config': json.loads(config.to_json()),
       'history': result.history,
       'best_epoch': result.best_epoch,
+      'best_step': result.best_step,
       'best_val_accuracy': result.best_val_accuracy,
       'test_accuracy_of_best': result.test_accuracy,
       'final_test_accuracy': result.final_test_accuracy,

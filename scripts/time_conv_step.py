@@ -1,4 +1,4 @@
-"""Times the jitted train epoch of a conv preset on a few batches.
+"""Times the jitted train steps of a conv preset on a few batches.
 
 Prints the first epoch's time (compilation included) and seconds per step, for choosing how long the conv
 runs of docs/RESULTS.md can be on this machine:
@@ -35,14 +35,18 @@ def main(model_name, optimizer, augment, steps=10):
   labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
   model = models.create(config.model, 10)
   state = train.create_train_state(config, model, (28, 28, 1), steps)
-  epoch = train.make_train_epoch(config, model, steps)
+  state = jax.tree.map(lambda leaf: leaf[None], state)  # One seed.
+  draw, train_steps = train.make_train_steps(config, model, steps)
+
+  def epoch(state, key):
+    order, step_keys = draw(key[None], n)
+    return train_steps(state, images, labels, order, step_keys, 0, steps)[0]
+
   start = time.perf_counter()
-  state, _ = epoch(state, images, labels, jax.random.key(0))
-  jax.block_until_ready(state)
+  state = jax.block_until_ready(epoch(state, jax.random.key(0)))
   compile_s = time.perf_counter() - start  # The first epoch, compilation included.
   start = time.perf_counter()
-  state, _ = epoch(state, images, labels, jax.random.key(1))
-  jax.block_until_ready(state)
+  state = jax.block_until_ready(epoch(state, jax.random.key(1)))
   step_s = (time.perf_counter() - start) / steps
   print(f'{model_name} {optimizer} augment={augment}: first epoch {compile_s:.1f} s, '
         f'{step_s * 1000:.0f} ms/step, {step_s * 55000 / 50 / 60:.1f} min per '

@@ -28,6 +28,8 @@ def _a3(description: str, *settings: str) -> Preset:
   config.batch_size = 50
   config.epochs = 30
   config.monitor = True
+  config.seeds_in_one_step = True
+  config.steps_per_call = 10
   return Preset(description, config,
                 {name: dict(_SETTINGS[name]) for name in settings})
 

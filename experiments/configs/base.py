@@ -11,7 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.validation_size = 5000
   config.normalization = 'zscore'
   config.max_examples = 0  # Per split; 0 keeps all (smoke runs set it).
-  config.seed = 0
+  config.seed = 0  # Initial weights, batch order, augmentation, dropout.
+  config.data_seed = 0  # The validation split drawn from the training data.
   config.devices = 1  # Data-parallel devices; 0 for all local ones.
 
   config.model = ml_collections.ConfigDict()
@@ -28,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.init.first_layer_max = 0.2
   config.init.value = 0.08
   config.init.keep = 0.6
+  config.init.keep_per_kernel = ()  # If given, replaces keep: input first.
 
   config.augment = ml_collections.ConfigDict()
   config.augment.rotation = 0.0  # Degrees.
@@ -44,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.boundaries = (10, 20)
   config.optimizer.scales = (0.5, 0.2)
   config.optimizer.sync_period = 20
+  config.optimizer.permute_biases = False  # LaPerm permutes 1-D leaves too.
   config.optimizer.gamma_beta_reset = False
   config.optimizer.lookahead_sync_period = 6
   config.optimizer.lookahead_step_size = 0.5
@@ -52,7 +55,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 50
   config.eval_batch_size = 1000
   config.epochs = 30
-  config.eval_every = 1  # Epochs between evaluations (after a sync).
+  config.eval_every = 1  # Epochs between evaluations.
+  # Steps between evaluations, counted from the start; 0: every eval_every
+  # epochs. Equal to LaPerm's sync period: right after every sync.
+  config.eval_every_steps = 0
+  config.steps_per_call = 1  # Train steps per jitted call (a lax.scan).
+  config.seeds_in_one_step = False  # Train several seeds in one jitted step.
   config.checkpoint_every = 1  # Epochs; the last epoch is always saved.
   config.monitor = False  # Record the A.3 monitor of the first kernel.
   config.progress = True

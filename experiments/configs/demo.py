@@ -25,6 +25,8 @@ def demo() -> Preset:
   config.epochs = 40
   config.checkpoint_every = 10
   config.monitor = True
+  config.seeds_in_one_step = True
+  config.steps_per_call = 10
   return Preset(
       'Demo on digits: LaPerm vs Adam, and a weight-agnostic net', config,
       {'laperm': {'optimizer.name': 'laperm'},

@@ -160,3 +160,82 @@ def test_pruned_and_shared_value_initial_weights():
 def test_unavailable_dataset_is_an_error_not_a_fallback(tmp_path):
   with pytest.raises(data.DataUnavailableError):
     _splits(_config(dataset=f'idx:{tmp_path}'))
+
+
+def _assert_same_run(result, expected):
+  chex.assert_trees_all_equal(result.state.params, expected.state.params)
+  chex.assert_trees_all_equal(result.state.opt_state,
+                              expected.state.opt_state)
+  chex.assert_trees_all_equal(result.best_params, expected.best_params)
+  assert result.history == expected.history
+  assert (result.best_step, result.test_accuracy,
+          result.final_test_accuracy) == (expected.best_step,
+                                          expected.test_accuracy,
+                                          expected.final_test_accuracy)
+
+
+@pytest.mark.parametrize('overrides', [
+    {},
+    # F1-like: shared-value kernels, blocks of scanned steps.
+    {'model.name': 'f1', 'init.kind': 'shared_value', 'init.value': 0.08,
+     'steps_per_call': 4},
+], ids=['mlp', 'f1-blocks'])
+def test_seeds_trained_together_equal_each_seed_alone(tmp_path, overrides):
+  config = _config(seeds_in_one_step=True, epochs=2, **overrides)
+  splits, num_classes = _splits(config)
+  together = train.train_seeds(config, (3, 1, 2), splits, num_classes,
+                               tmp_path / 'together')
+  alone = train.train_seeds(config, (1,), splits, num_classes,
+                            tmp_path / 'alone')[0]
+  assert [result.seed for result in together] == [3, 1, 2]
+  _assert_same_run(together[1], alone)
+  # Different seeds: different initial weights, different runs.
+  assert not np.array_equal(together[0].best_params['head']['kernel'],
+                            alone.best_params['head']['kernel'])
+  metrics = json.loads((tmp_path / 'together' / 'seed-2' /
+                        'metrics.json').read_text())
+  assert (metrics['seed'], metrics['config']['seed']) == (2, 2)
+  assert metrics['test_accuracy_of_best'] == together[2].test_accuracy
+
+
+def test_several_seeds_need_seeds_in_one_step(tmp_path):
+  config = _config()
+  splits, num_classes = _splits(config)
+  with pytest.raises(ValueError, match='seeds_in_one_step'):
+    train.train_seeds(config, (0, 1), splits, num_classes, tmp_path)
+
+
+def test_blocks_of_steps_equal_single_steps(tmp_path):
+  config = _config(epochs=2)
+  single = _run(config, tmp_path / 'single')
+  blocks = _run(_config(epochs=2, steps_per_call=3), tmp_path / 'blocks')
+  _assert_same_run(blocks, single)
+
+
+def test_evaluation_right_after_every_sync(tmp_path):
+  # 10 steps per epoch, k = 7: syncs after steps 7, 14, 21, 28.
+  config = _config(eval_every_steps=7, **{'optimizer.sync_period': 7})
+  result = _run(config, tmp_path)
+  evaluated = [h['step'] for h in result.history if 'val_accuracy' in h]
+  assert evaluated == [7, 14, 21, 28, 30]  # And at the end of training.
+  assert [h['step'] for h in result.history] == [7, 10, 14, 20, 21, 28, 30]
+  assert [h['epoch'] for h in result.history] == [1, 1, 2, 2, 3, 3, 3]
+  best = max((h for h in result.history if 'val_accuracy' in h),
+             key=lambda h: h['val_accuracy'])
+  assert (result.best_step, result.best_val_accuracy) == (
+      best['step'], best['val_accuracy'])
+  # The weights kept are right-after-sync weights: exact permutations.
+  initial = train.create_train_state(config, train.models.create(
+      config.model, 10), (8, 8, 1), 1).params
+  chex.assert_trees_all_equal(
+      lp.sort_vectors(result.best_params['hidden1']['kernel']),
+      lp.sort_vectors(initial['hidden1']['kernel']))
+
+
+def test_record_points_cover_epochs_and_evaluations():
+  config = _config(eval_every_steps=4, epochs=2)
+  assert train.record_points(config, 10, 0) == {4: True, 8: True, 10: False}
+  assert train.record_points(config, 10, 1) == {2: True, 6: True, 10: True}
+  config = _config(eval_every=2, epochs=3)
+  assert [train.record_points(config, 5, epoch) for epoch in range(3)] == [
+      {5: False}, {5: True}, {5: True}]
