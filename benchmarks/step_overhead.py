@@ -10,12 +10,21 @@ optimizer state and BatchNorm statistics (as the Flax examples do). Models:
 - `conv13`: the paper's CIFAR-10 Conv13 (Flax, BatchNorm, dropout, 15M
   parameters), 32x32x3, batch 50.
 
-Steps of all optimizers are interleaved, so machine noise hits all alike.
-Reports, relative to Adam:
+Blocks of steps of all optimizers, plain and donated, are interleaved, so
+changes in machine load hit all alike; the load average is printed before
+and after (on a loaded machine the ratios hold better than the times).
+Reports median times per step, side by side for plain and donated jit, and
+relative to Adam with the same jit:
 
+- `adam + carry`: Adam whose state also carries a copy of the params, as
+  LaPerm's carries the sorted initial weights: without donation, jit
+  returns a fresh copy of every array that passes through it, so this is
+  the floor of a plain LaPerm step;
 - `non-sync`: a LaPerm step that does not sync (the sync period is huge);
 - `sync`: a LaPerm step that syncs (sync period 1);
 - `amortized k=K`: `((K - 1) * non-sync + sync) / K`;
+- `cpu vs`: the same ratio in CPU time of the process (all its threads), which
+  other processes on the machine disturb less than wall time;
 - page faults per step (Linux minor faults), which expose fresh memory the
   runtime maps for each execution.
 
@@ -24,6 +33,7 @@ Run from the repository root: `python benchmarks/step_overhead.py
 """
 
 import argparse
+import os
 import pathlib
 import resource
 import sys
@@ -122,6 +132,20 @@ def _train_step(model, tx, donate):
   return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
 
 
+def _carry_copy(inner):
+  """`inner`, whose state also carries a copy of the params, untouched."""
+
+  def init(params):
+    return inner.init(params), jax.tree.map(jnp.copy, params)
+
+  def update(grads, state, params):
+    inner_state, carried = state
+    updates, inner_state = inner.update(grads, inner_state, params)
+    return updates, (inner_state, carried)
+
+  return optax.GradientTransformation(init, update)
+
+
 def _lookahead(inner):
   """`optax.lookahead` on plain params: the step trains the fast weights."""
   tx = optax.lookahead(inner, sync_period=6, slow_step_size=0.5)
@@ -140,6 +164,11 @@ def _lookahead(inner):
   return optax.GradientTransformation(init, update)
 
 
+def _load() -> str:
+  return (f'load average {", ".join(f"{x:.2f}" for x in os.getloadavg())} '
+          f'(1, 5, 15 min) on {os.cpu_count()} cores')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', choices=list(MODELS), default='mlp')
@@ -154,18 +183,18 @@ def main():
   model = MODELS[args.model](args.batch)
   optimizers = {
       'adam': optax.adam(1e-3),
+      'adam + carry': _carry_copy(optax.adam(1e-3)),
       'laperm non-sync': lp.laperm(optax.adam(1e-3), 2**30),
       'laperm sync': lp.laperm(optax.adam(1e-3), 1),
       'lookahead': _lookahead(optax.adam(1e-3)),
   }
+  jits = {'plain': False, 'donated': True}
   device = jax.devices()[0]
   print(f'device: {device.platform} ({device.device_kind}), jax '
         f'{jax.__version__}; {model.description}, '
         f'{sum(x.size for x in jax.tree.leaves(model.params)):,} params')
-  print(f'{"jit":<10}{"optimizer":<18}{"ms/step":>9}{"vs adam":>9}'
-        f'{"faults/step":>13}')
-  for donate in (False, True):
-    runs = {}
+  runs = {}
+  for jit, donate in jits.items():
     for name, tx in optimizers.items():
       # Fresh copies: a donated step must not consume the model's arrays.
       params = jax.tree.map(jnp.copy, model.params)
@@ -174,32 +203,45 @@ def main():
       step = _train_step(model, tx, donate)
       carry = step(*carry, model.images, model.labels, jax.random.key(1))
       jax.block_until_ready(carry)
-      runs[name] = {'step': step, 'carry': carry, 'times': [], 'faults': []}
-    for repeat in range(args.repeats):
-      for run in runs.values():
-        carry = run['carry']
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = time.perf_counter()
-        for i in range(args.steps):
-          carry = run['step'](*carry, model.images, model.labels,
-                              jax.random.key(repeat * args.steps + i))
-        jax.block_until_ready(carry)
-        run['times'].append((time.perf_counter() - start) / args.steps)
-        run['faults'].append(
-            (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
-            / args.steps)
-        run['carry'] = carry
-    median = {name: float(np.median(run['times']))
-              for name, run in runs.items()}
-    jit = 'donated' if donate else 'plain'
-    for name, run in runs.items():
-      print(f'{jit:<10}{name:<18}{median[name] * 1e3:>9.2f}'
-            f'{median[name] / median["adam"]:>9.3f}'
-            f'{np.median(run["faults"]):>13.0f}')
-    amortized = ((args.period - 1) * median['laperm non-sync']
-                 + median['laperm sync']) / args.period
-    print(f'{jit:<10}{f"amortized k={args.period}":<18}{amortized * 1e3:>9.2f}'
-          f'{amortized / median["adam"]:>9.3f}')
+      runs[jit, name] = {'step': step, 'carry': carry, 'times': [],
+                         'cpu': [], 'faults': []}
+  print(f'before: {_load()}', flush=True)
+  for repeat in range(args.repeats):
+    for run in runs.values():
+      carry = run['carry']
+      faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      start, cpu = time.perf_counter(), time.process_time()
+      for i in range(args.steps):
+        carry = run['step'](*carry, model.images, model.labels,
+                            jax.random.key(repeat * args.steps + i))
+      jax.block_until_ready(carry)
+      run['times'].append((time.perf_counter() - start) / args.steps)
+      run['cpu'].append((time.process_time() - cpu) / args.steps)
+      run['faults'].append(
+          (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+          / args.steps)
+      run['carry'] = carry
+  print(f'after:  {_load()}')
+  median = {key: {field: float(np.median(run[field]))
+                  for field in ('times', 'cpu', 'faults')}
+            for key, run in runs.items()}
+  for jit in jits:
+    median[jit, f'amortized k={args.period}'] = {
+        field: ((args.period - 1) * median[jit, 'laperm non-sync'][field]
+                + median[jit, 'laperm sync'][field]) / args.period
+        for field in ('times', 'cpu', 'faults')}
+  rows = [*optimizers, f'amortized k={args.period}']
+  print(f'{"":<18}' + ''.join(f'{jit:<38}' for jit in jits))
+  print(f'{"optimizer":<18}' + f'{"ms/step":>9}{"vs adam":>9}{"cpu vs":>8}'
+        f'{"faults/step":>12}'.ljust(38) * len(jits))
+  for name in rows:
+    line = f'{name:<18}'
+    for jit in jits:
+      m, adam = median[jit, name], median[jit, 'adam']
+      line += (f'{m["times"] * 1e3:>9.2f}{m["times"] / adam["times"]:>9.3f}'
+               f'{m["cpu"] / adam["cpu"]:>8.3f}'
+               f'{m["faults"]:>12.0f}').ljust(38)
+    print(line)
 
 
 if __name__ == '__main__':

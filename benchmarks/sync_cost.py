@@ -19,11 +19,15 @@ models of the paper (F2, Conv7, Conv13), times, in one run and interleaved:
   yardstick of the CPU path.
 
 Prints a table of median times and the ratios sync/sort, sync/minor,
-reference/sync, kv/sync and sync/numpy.
-Run: `python benchmarks/sync_cost.py [--quick] [--repeats N]`.
+reference/sync, kv/sync and sync/numpy, and the load average before and
+after (the columns of a row are interleaved, so its ratios hold on a loaded
+machine better than its times).
+Run: `python benchmarks/sync_cost.py [--quick] [--repeats N] [--leaf
+4608,3200 ...]`.
 """
 
 import argparse
+import os
 import time
 
 import jax
@@ -131,19 +135,31 @@ def measure(shapes, repeats):
   return _median_times(functions, args, repeats)
 
 
+def _load() -> str:
+  return (f'load average {", ".join(f"{x:.2f}" for x in os.getloadavg())} '
+          f'(1, 5, 15 min) on {os.cpu_count()} cores')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--quick', action='store_true',
                       help='small leaves only, for a smoke run')
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--leaf', action='append', default=[],
+                      help='time only this leaf shape, e.g. 4608,3200 '
+                      '(repeatable; no models)')
   args = parser.parse_args()
-  rows = [(f'leaf {shape}', [shape]) for shape in
-          (QUICK_LEAVES if args.quick else LEAVES)]
-  if not args.quick:
+  if args.leaf:
+    leaves = [tuple(int(n) for n in shape.split(',')) for shape in args.leaf]
+  else:
+    leaves = QUICK_LEAVES if args.quick else LEAVES
+  rows = [(f'leaf {shape}', [shape]) for shape in leaves]
+  if not (args.quick or args.leaf):
     rows += [(f'model {name}', shapes) for name, shapes in MODELS.items()]
   device = jax.devices()[0]
   print(f'device: {device.platform} ({device.device_kind}), '
         f'jax {jax.__version__}, repeats {args.repeats}')
+  print(f'before: {_load()}', flush=True)
   print(f'{"what":<30}{"params":>11}{"sort ms":>10}{"minor ms":>10}'
         f'{"sync ms":>10}{"kv ms":>10}{"ref ms":>10}{"numpy ms":>10}'
         f'{"sync/sort":>11}{"sync/minor":>12}{"ref/sync":>10}{"kv/sync":>9}'
@@ -160,6 +176,7 @@ def main():
           f'{numpy_ms}{t["sync"] / t["sort"]:>11.2f}'
           f'{t["sync"] / t["minor"]:>12.2f}{t["reference"] / t["sync"]:>10.2f}'
           f'{t["kv sync"] / t["sync"]:>9.2f}{sync_per_numpy}', flush=True)
+  print(f'after:  {_load()}')
 
 
 if __name__ == '__main__':
