@@ -110,25 +110,51 @@ def prune_sweep(runs: pathlib.Path, out: pathlib.Path,
   return [path]
 
 
-def _restore(run_dir: pathlib.Path):
-  """The run's config, its initial params and its final train state."""
-  config = ml_collections.ConfigDict(_metrics(run_dir)['config'])
-  model = models.create(config.model, 10)
+def _seed_dirs(run_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Where a run's metrics are: itself, or one ``seed-S`` folder per seed."""
+  if (run_dir / 'metrics.json').exists():
+    return [run_dir]
+  return sorted(run_dir.glob('seed-*/'),
+                key=lambda path: int(path.name.removeprefix('seed-')))
+
+
+def _restore_seeds(run_dir: pathlib.Path):
+  """Per seed: the config, the initial params and the final arrays.
+
+  The checkpoint holds every array with a leading seed axis (the seeds
+  trained together, in the order of their ``metrics.json``).
+  """
+  configs = [ml_collections.ConfigDict(_metrics(seed_dir)['config'])
+             for seed_dir in _seed_dirs(run_dir)]
+  model = models.create(configs[0].model, 10)
   steps_per_epoch = 1  # Shapes only: the schedule's length is not stored.
-  state = train.create_train_state(config, model, (28, 28, 1),
-                                   steps_per_epoch)
-  initial = optimizers.train_params(state.params)
-  eval_params = optimizers.eval_params(state.params, state.opt_state)
-  tracked = {'state': state, 'best_params': eval_params,
-             'best_batch_stats': state.batch_stats,
-             'previous_kernel': monitor.get_leaf(
-                 eval_params, monitor.first_kernel_path(eval_params))}
+  tx = optimizers.create(configs[0].optimizer, steps_per_epoch)
+  initials, tracked = [], []
+  for config in configs:
+    state = train.create_train_state(config, model, (28, 28, 1),
+                                     steps_per_epoch, tx=tx)
+    initials.append(optimizers.train_params(state.params))
+    eval_params = optimizers.eval_params(state.params, state.opt_state)
+    tracked.append({'state': state, 'best_params': eval_params,
+                    'best_batch_stats': state.batch_stats,
+                    'previous_kernel': monitor.get_leaf(
+                        eval_params, monitor.first_kernel_path(eval_params))})
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *tracked)
   with ocp.CheckpointManager((run_dir / 'checkpoints').absolute()) as manager:
     step = manager.latest_step()
     restored = manager.restore(step, args=ocp.args.Composite(
         arrays=ocp.args.StandardRestore(
-            jax.tree.map(ocp.utils.to_shape_dtype_struct, tracked))))
-  return config, initial, restored.arrays['state'], step, restored.arrays
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, stacked))))
+  arrays = [jax.tree.map(lambda leaf, index=index: leaf[index],
+                         restored.arrays) for index in range(len(configs))]
+  return configs, initials, arrays, step
+
+
+def _restore(run_dir: pathlib.Path):
+  """The run's config, its initial params and its final train state (seed 0
+  of the run's seeds)."""
+  configs, initials, arrays, step = _restore_seeds(run_dir)
+  return configs[0], initials[0], arrays[0]['state'], step, arrays[0]
 
 
 def _kernels(params) -> dict[str, jax.Array]:
@@ -217,21 +243,24 @@ def check_all_laperm_runs(runs: pathlib.Path, checks: dict) -> None:
   """The exact-permutation check on every LaPerm run under ``runs``."""
   results = {}
   for run_dir in sorted(runs.glob('*/laperm')):
-    if not (run_dir / 'metrics.json').exists():
+    if not _seed_dirs(run_dir):
       continue
-    _, initial, state, step, _ = _restore(run_dir)
-    synced = lp.synchronize(state.params, state.opt_state)
-    kernels_synced = _kernels(synced)
-    results[str(run_dir)] = {
-        'checkpoint_step': step,
-        'all_kernels_exact_permutation': all(
-            bool(jnp.array_equal(lp.weight_profiles(before),
-                                 lp.weight_profiles(kernels_synced[name])))
-            for name, before in _kernels(initial).items()),
-        'fraction_moved': {
-            name: round(float(jnp.mean(before != kernels_synced[name])), 4)
-            for name, before in _kernels(initial).items()}}
-    print(run_dir, results[str(run_dir)]['all_kernels_exact_permutation'])
+    configs, initials, arrays, step = _restore_seeds(run_dir)
+    for config, initial, seed_arrays in zip(configs, initials, arrays):
+      state = seed_arrays['state']
+      synced = lp.synchronize(state.params, state.opt_state)
+      kernels_synced = _kernels(synced)
+      run_name = f'{run_dir} seed {config.seed}'
+      results[run_name] = {
+          'checkpoint_step': step,
+          'all_kernels_exact_permutation': all(
+              bool(jnp.array_equal(lp.weight_profiles(before),
+                                   lp.weight_profiles(kernels_synced[name])))
+              for name, before in _kernels(initial).items()),
+          'fraction_moved': {
+              name: round(float(jnp.mean(before != kernels_synced[name])), 4)
+              for name, before in _kernels(initial).items()}}
+      print(run_name, results[run_name]['all_kernels_exact_permutation'])
   checks['all_laperm_runs'] = results
 
 
