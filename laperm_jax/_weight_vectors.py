@@ -182,9 +182,9 @@ def place_rows(rows: jax.Array, sorted_rows: jax.Array) -> jax.Array:
 # made of blocks of `_BLOCK` adjacent vectors (one 64-byte cache line of
 # float32 per row of the leaf; single strided vectors made the sync 28%
 # slower) taken at a stride, so that every device of an output-axis
-# sharding holds its own part of every chunk: the loop runs locally on up
-# to `_LOCAL_SHARDS` devices (any number dividing the groups of
-# `chunks * block` vectors).
+# sharding holds its own part of every chunk: the loop runs locally on any
+# number of devices that divides `num_vectors / (chunks * block)`, which
+# `_chunking` keeps a multiple of `_LOCAL_SHARDS`.
 _CHUNK_WEIGHTS = 1 << 18
 _BLOCK = 16
 _LOCAL_SHARDS = 8
