@@ -9,11 +9,13 @@ import argparse
 import ast
 import datetime
 import difflib
+import os
 import pathlib
 import sys
 from collections.abc import Callable
 from typing import Any, Optional, Sequence, Union
 
+import jax
 import ml_collections
 
 from experiments import configs
@@ -214,6 +216,11 @@ def parser() -> argparse.ArgumentParser:
                    help='override a config field, e.g. optimizer.sync_period=100')
   cli.add_argument('--no-progress', action='store_true',
                    help='hide the progress bars')
+  cli.add_argument('--compilation-cache', metavar='DIR|off',
+                   help="JAX's persistent compilation cache: a rerun of a "
+                   'preset skips compiling what it compiled before '
+                   '(default: $XDG_CACHE_HOME/laperm-jax/jax, ~/.cache if '
+                   'unset; off: none)')
   return cli
 
 
@@ -405,6 +412,26 @@ def run(preset_name: str, args: argparse.Namespace
   return results
 
 
+def use_compilation_cache(directory: Optional[str]) -> None:
+  """Points JAX's persistent compilation cache at ``directory`` (or ``off``).
+
+  None: ``$XDG_CACHE_HOME/laperm-jax/jax`` (``~/.cache`` when unset).
+
+  On CPU most of a small preset's wall time is compilation (F1: ~12 of ~20
+  s), the same programs at every rerun; the cache keeps every program that
+  took at least 0.1 s to compile. JAX keys entries by program, backend and
+  versions, so a stale entry is never used.
+  """
+  if directory == 'off':
+    return
+  if directory is None:
+    directory = str(pathlib.Path(
+        os.environ.get('XDG_CACHE_HOME', pathlib.Path.home() / '.cache'))
+                    / 'laperm-jax' / 'jax')
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """Parses the command line and runs the preset.
 
@@ -417,6 +444,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name in configs.names():
       print(f'{name:16} {configs.get(name).description}')
     return
+  use_compilation_cache(args.compilation_cache)
   try:
     run(args.preset, args)
   except UsageError as error:

@@ -139,6 +139,24 @@ def test_conv7_permutes_biases_as_the_authors_notebook():
   assert not any(isinstance(leaf, optax.MaskedNode) for leaf in held)
 
 
+def test_command_line_keeps_compiled_programs_for_reruns(tmp_path):
+  command = [sys.executable, '-m', 'experiments', 'f1', '--quick',
+             '--dataset', 'digits', '--no-progress', '--compilation-cache']
+  # JAX logs persistent-cache hits to stderr when it logs compilations.
+  env = dict(os.environ, JAX_LOG_COMPILES='1')
+
+  def run(cache, out):
+    return subprocess.run(command + [cache, '--out', str(tmp_path / out)],
+                          check=True, capture_output=True, text=True,
+                          timeout=300, env=env).stderr
+
+  hit = 'Persistent compilation cache hit'
+  assert hit not in run(str(tmp_path / 'cache'), 'first')
+  assert any((tmp_path / 'cache').iterdir())
+  assert hit in run(str(tmp_path / 'cache'), 'rerun')
+  assert hit not in run('off', 'off')
+
+
 def test_command_line_reports_unavailable_data(tmp_path):
   completed = subprocess.run(
       [sys.executable, '-m', 'experiments', 'f1', '--dataset',
