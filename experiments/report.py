@@ -61,9 +61,8 @@ def table(results: Sequence[Sequence[train.RunResult]],
 
 
 def _seconds(seeds: Sequence[train.RunResult]) -> float:
-  """Wall time of a run's seeds: shared when they trained together."""
-  times = {result.seconds for result in seeds}
-  return sum(times)
+  """Wall time of a run's seeds (seeds trained together share theirs)."""
+  return sum(result.seconds for result in seeds)
 
 
 def _per_seed(result: train.RunResult) -> dict[str, Any]:

@@ -164,3 +164,55 @@ def test_command_line_reports_unavailable_data(tmp_path):
       capture_output=True, text=True, timeout=120, check=False)
   assert completed.returncode == 1
   assert 'apt-get install dataset-fashion-mnist' in completed.stderr
+
+
+@pytest.mark.parametrize('text, seeds', [('3', (5, 6, 7)), ('4,1', (4, 1)),
+                                         ('2,', (2,))])
+def test_seeds_option_is_a_count_from_seed_or_a_list(text, seeds):
+  args = cli.parser().parse_args(['f1', '--seed', '5', '--seeds', text])
+  config = cli.run_configs(configs.get('f1'), args)['laperm']
+  assert cli.run_seeds(config, args) == seeds
+
+
+@pytest.mark.parametrize('text', ['0', '-2', 'a', '1,1', '1,-1'])
+def test_seeds_option_refuses_bad_input(text, capsys):
+  with pytest.raises(SystemExit) as error:
+    cli.parser().parse_args(['f1', '--seeds', text])
+  assert error.value.code == 2
+  assert '--seeds' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('together', [True, False])
+def test_seeds_give_mean_and_std_in_the_summary(tmp_path, together):
+  argv = ['f1', '--quick', '--dataset', 'digits', '--no-progress', '--out',
+          str(tmp_path), '--seeds', '0,2',
+          '--set', f'seeds_in_one_step={together}']
+  results = cli.run('f1', cli.parser().parse_args(argv))
+  assert [[result.seed for result in seeds] for seeds in results] == [[0, 2]]
+  summary = json.loads((tmp_path / 'summary.json').read_text())['runs'][
+      'laperm']
+  tests = [result.test_accuracy for result in results[0]]
+  assert summary['seeds'] == [0, 2]
+  assert [seed['test_accuracy_of_best'] for seed in summary['per_seed']] == (
+      tests)
+  np.testing.assert_allclose(
+      [summary['test_accuracy_of_best'][key] for key in ('mean', 'std')],
+      [np.mean(tests), np.std(tests)])
+  assert summary['seconds'] == pytest.approx(
+      sum(result.seconds for result in results[0]))
+  for seed in (0, 2):
+    assert (tmp_path / 'laperm' / f'seed-{seed}' / 'metrics.json').is_file()
+  # Together: one checkpoint of both seeds; apart: one per seed.
+  assert (tmp_path / 'laperm' / 'checkpoints').is_dir() == together
+
+
+def test_per_kernel_fractions_are_checked():
+  config = configs.get('f2-size-aware').config
+  config.init.keep_per_kernel = (0.5, 0.5)
+  model = train.models.create(config.model, 10)
+  with pytest.raises(ValueError, match='3 kernels'):
+    train.create_train_state(config, model, (28, 28, 1), 1)
+  config.init.keep_per_kernel = (0.5, 0.5, 0.5)
+  config.init.size_aware = True
+  with pytest.raises(ValueError, match='size_aware'):
+    train.create_train_state(config, model, (28, 28, 1), 1)
