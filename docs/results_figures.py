@@ -10,7 +10,7 @@ permutations of them. Writes (each skipped when its runs are missing):
 
 - ``a3_training_monitor.png``: Fig. 13, the four A.3 settings, monitoring
   the input layer (``runs/a3-all``).
-- ``conv_prune_sweep.png``: test accuracy against the kept fraction.
+- ``conv_prune_sweep.png``: accuracy against the kept fraction.
 - ``a3_weight_profiles.png``: Figs. 11-12 style, the A.3 MLP at init and
   after Adam's and SGD's 30 epochs.
 - ``conv_weight_profiles.png``: three conv kernels at init, after LaPerm
@@ -68,43 +68,54 @@ def a3_monitor(runs: pathlib.Path, out: pathlib.Path, study: str,
 
 def prune_sweep(runs: pathlib.Path, out: pathlib.Path,
                 dense_run: pathlib.Path) -> list[pathlib.Path]:
-  """Test accuracy of LaPerm's best and final weights vs kept fraction."""
+  """Validation accuracy against the kept fraction, at the steps all share.
+
+  The dense run trains longer than the sweep, so the runs are compared at
+  the evaluation steps they have in common (right after a sync); the test
+  accuracy of the sweep's best weights is drawn beside them.
+  """
   points = []
   if (dense_run / 'metrics.json').exists():
     points.append((1.0, _metrics(dense_run)))
   for run_dir in sorted(runs.glob('conv-prune-*/laperm')):
-    metrics = _metrics(run_dir) if (run_dir / 'metrics.json').exists() else None
-    if metrics is not None:
+    if (run_dir / 'metrics.json').exists():
+      metrics = _metrics(run_dir)
       points.append((1.0 - metrics['config']['init']['prune_rate'], metrics))
   if len(points) < 2:
     print('skip prune sweep: fewer than two runs')
     return []
   points.sort(key=lambda point: point[0])
+  validation = [{record['step']: record['val_accuracy']
+                 for record in metrics['history'] if 'val_accuracy' in record}
+                for _, metrics in points]
+  shared_steps = sorted(set.intersection(*(set(v) for v in validation)))
   kept = [point[0] for point in points]
-  best = [point[1]['test_accuracy_of_best'] for point in points]
-  final = [point[1]['final_test_accuracy'] for point in points]
   from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
   from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   figure = figure_lib.Figure(figsize=(4.5, 3.2), layout='constrained')
   backend_agg.FigureCanvasAgg(figure)
   ax = figure.subplots()
-  ax.plot(kept, best, 'o-', label='best weights (picked on validation)')
-  ax.plot(kept, final, 's--', label='final weights')
-  for x, y in zip(kept, best):
-    ax.annotate(f'{y:.3f}', (x, y), textcoords='offset points',
-                xytext=(0, 6), ha='center', fontsize=7)
+  for step in shared_steps:
+    accuracy = [v[step] for v in validation]
+    ax.plot(kept, accuracy, 'o-', label=f'validation, step {step:,}')
+    for x, y in zip(kept, accuracy):
+      ax.annotate(f'{y:.3f}', (x, y), textcoords='offset points',
+                  xytext=(0, 6), ha='center', fontsize=7)
+  swept = [(x, metrics) for x, metrics in points if x < 1.0]
+  epochs = swept[0][1]['config']['epochs']
+  ax.plot([x for x, _ in swept],
+          [metrics['test_accuracy_of_best'] for _, metrics in swept], 's--',
+          label=f'test, best weights of {epochs} epochs (pruned runs)')
   ax.axhline(0.1, color='gray', linewidth=0.8, linestyle=':')
   ax.text(0.6, 0.11, 'chance', fontsize=7, color='gray')
   ax.set_xlabel('kept fraction of each kernel (input layer: at least 0.8)')
-  ax.set_ylabel('test accuracy (synced)')
+  ax.set_ylabel('accuracy (synced weights)')
   config = points[0][1]['config']
-  ax.set_title(f'LaPerm, {config["model"]["name"]}, Fashion-MNIST '
-               f'({config["max_examples"]} images per split, '
-               f'{config["epochs"]} epochs, k={config["optimizer"]["sync_period"]})',
-               fontsize=8)
+  ax.set_title(f'LaPerm, {config["model"]["name"]}, Fashion-MNIST, '
+               f'k={config["optimizer"]["sync_period"]}', fontsize=8)
   ax.set_ylim(0, 1)
   ax.invert_xaxis()
-  ax.legend(fontsize=7, loc='upper right')
+  ax.legend(fontsize=7, loc='lower left')
   path = out / 'conv_prune_sweep.png'
   figure.savefig(path, dpi=110)
   return [path]
