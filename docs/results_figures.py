@@ -107,7 +107,7 @@ def prune_sweep(runs: pathlib.Path, out: pathlib.Path,
           [metrics['test_accuracy_of_best'] for _, metrics in swept], 's--',
           label=f'test, best weights of {epochs} epochs (pruned runs)')
   ax.axhline(0.1, color='gray', linewidth=0.8, linestyle=':')
-  ax.text(0.6, 0.11, 'chance', fontsize=7, color='gray')
+  ax.text(0.98, 0.11, 'chance', fontsize=7, color='gray')
   ax.set_xlabel('kept fraction of each kernel (input layer: at least 0.8)')
   ax.set_ylabel('accuracy (synced weights)')
   config = points[0][1]['config']
@@ -115,7 +115,7 @@ def prune_sweep(runs: pathlib.Path, out: pathlib.Path,
                f'k={config["optimizer"]["sync_period"]}', fontsize=8)
   ax.set_ylim(0, 1)
   ax.invert_xaxis()
-  ax.legend(fontsize=7, loc='lower left')
+  ax.legend(fontsize=7, loc='lower right')
   path = out / 'conv_prune_sweep.png'
   figure.savefig(path, dpi=110)
   return [path]
