@@ -191,20 +191,30 @@ def normalize(dataset: Dataset, method: str) -> dict[str, Split]:
   Returns:
     ``{'train': ..., 'validation': ..., 'test': ...}`` with float32 images.
   """
-  train = dataset.train.images.astype(np.float32)
   if method == 'zscore':
+    train = dataset.train.images.astype(np.float32)
     mean = train.mean(axis=(0, 1, 2))
     scale = train.std(axis=(0, 1, 2))
   elif method == 'pixel_mean':
-    mean, scale = train.mean(axis=0), np.float32(dataset.pixel_max)
+    mean = dataset.train.images.astype(np.float32).mean(axis=0)
+    scale = np.float32(dataset.pixel_max)
   elif method == 'scale':
-    mean, scale = np.float32(0.0), np.float32(dataset.pixel_max)
+    mean, scale = None, np.float32(dataset.pixel_max)
   else:
     raise ValueError(f'Unknown normalization {method!r}; use zscore, '
                      'pixel_mean or scale.')
+
+  def normalized(images: np.ndarray) -> np.ndarray:
+    # In place on one float32 copy: the same float32 operations as
+    # `(images - mean) / scale`, a third of the passes over the data.
+    images = images.astype(np.float32)
+    if mean is not None:
+      np.subtract(images, mean, out=images)
+    np.divide(images, scale, out=images)
+    return images
+
   return {
-      name: Split(((split.images - mean) / scale).astype(np.float32),
-                  split.labels)
+      name: Split(normalized(split.images), split.labels)
       for name, split in (('train', dataset.train),
                           ('validation', dataset.validation),
                           ('test', dataset.test))
