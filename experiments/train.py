@@ -2,7 +2,7 @@
 
 The training split sits on the device; per epoch one jitted call draws the
 shuffled batch indices and step keys, and jitted calls of one step each (or,
-with ``steps_per_call > 1``, one ``lax.scan`` over a block of steps) gather
+with ``steps_per_call > 1``, one loop over up to that many steps) gather
 each batch on the device, augment it and take the step. Conv presets keep
 one step per call: XLA's CPU backend runs the convolutions of a loop body
 about ten times slower than those of a plain jitted step (measured on
@@ -270,15 +270,22 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
   # Jitted: eager initialization compiles every op on its own, which costs
   # seconds on CPU.
   variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape)))
-  params = initial_params(config.init, weights_key, variables['params'])
   if tx is None:
     tx = optimizers.create(config.optimizer, steps_per_epoch)
-  state = TrainState.create(
-      apply_fn=model.apply,
-      params=optimizers.wrap_params(config.optimizer, params), tx=tx,
-      batch_stats=variables.get('batch_stats', {}))
-  # An int32 array from the start, as a restored checkpoint holds it.
-  return state.replace(step=jnp.zeros([], jnp.int32))
+
+  # Jitted apart from `model.init`, whose rounding must not depend on what
+  # follows it; these steps only select, sort and fill, exact in any program.
+  @jax.jit
+  def create(weights_key, variables):
+    params = initial_params(config.init, weights_key, variables['params'])
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=optimizers.wrap_params(config.optimizer, params), tx=tx,
+        batch_stats=variables.get('batch_stats', {}))
+    # An int32 array from the start, as a restored checkpoint holds it.
+    return state.replace(step=jnp.zeros([], jnp.int32))
+
+  return create(weights_key, variables)
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -342,10 +349,11 @@ def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module,
     batches as indices into the ``count`` training examples and a key per
     step; and ``train(state, images, labels, order, step_keys, start, stop)
     -> (state, metrics)``: steps ``start`` to ``stop`` of the epoch, metrics
-    of shape ``(seeds, stop - start)`` as NumPy arrays. With ``steps_per_call > 1``, blocks
-    of that many steps run as one ``lax.scan`` (fewer dispatches: faster for
-    small dense nets; XLA's CPU backend runs the convolutions of a loop
-    body about ten times slower, measured on Conv7, so conv presets keep 1).
+    of shape ``(seeds, stop - start)`` as NumPy arrays. With
+    ``steps_per_call > 1``, every call runs a loop of up to that many steps,
+    one program for every count (fewer dispatches: faster for small dense
+    nets; XLA's CPU backend runs the convolutions of a loop body about ten
+    times slower, measured on Conv7, so conv presets keep 1).
   """
   augment_config = config.augment if augment.is_enabled(
       config.augment) else None
@@ -387,13 +395,25 @@ def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module,
 
   seeded_step = _over_seeds(one_step, (0, None, None, 0, 0, None), together)
 
-  def block(state, images, labels, order, step_keys, start):
-    def body(state, index):
-      return seeded_step(state, images, labels, order, step_keys, index)
+  def block(state, images, labels, order, step_keys, start, count):
+    # A loop of `count` <= steps_per_call steps: one program for every
+    # segment length, so segments cut short by evaluations need no single
+    # steps. Metrics go to a buffer of steps_per_call columns.
+    shapes = jax.eval_shape(seeded_step, state, images, labels, order,
+                            step_keys, start)[1]
+    buffers = jax.tree.map(
+        lambda shape: jnp.zeros((*shape.shape, config.steps_per_call),
+                                shape.dtype), shapes)
 
-    state, metrics = lax.scan(
-        body, state, start + jnp.arange(config.steps_per_call))
-    return state, jax.tree.map(lambda values: values.T, metrics)
+    def body(step, carry):
+      state, buffers = carry
+      state, metrics = seeded_step(state, images, labels, order, step_keys,
+                                   start + step)
+      return state, jax.tree.map(
+          lambda buffer, value: buffer.at[..., step].set(value), buffers,
+          metrics)
+
+    return lax.fori_loop(0, count, body, (state, buffers))
 
   # Not donated: the best weights kept between evaluations may share the
   # state's buffers.
@@ -402,24 +422,24 @@ def make_train_steps(config: ml_collections.ConfigDict, model: nn.Module,
   seeded_step, block = jit(seeded_step), jit(block)
 
   def train(state, images, labels, order, step_keys, start, stop):
-    metrics = []
-    index = start
-    if config.steps_per_call > 1:
-      while stop - index >= config.steps_per_call:
+    metrics, counts = [], []
+    for index in range(start, stop, config.steps_per_call):
+      count = min(config.steps_per_call, stop - index)
+      if config.steps_per_call > 1:
         state, block_metrics = block(state, images, labels, order, step_keys,
-                                     index)
-        metrics.append(block_metrics)
-        index += config.steps_per_call
-    for index in range(index, stop):
-      state, step_metrics = seeded_step(state, images, labels, order,
-                                        step_keys, index)
-      metrics.append(step_metrics)
+                                     index, count)
+      else:
+        state, block_metrics = seeded_step(state, images, labels, order,
+                                           step_keys, index)
+      metrics.append(block_metrics)
+      counts.append(count)
     # On the host: eager ops on the device would compile anew for every
     # segment length.
     metrics = jax.device_get(metrics)
     return state, jax.tree.map(
         lambda *values: np.concatenate(
-            [value.reshape(len(value), -1) for value in values], 1),
+            [value.reshape(len(value), -1)[:, :count]
+             for value, count in zip(values, counts)], 1),
         *metrics)
 
   return draw, train

@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Steps between evaluations, counted from the start; 0: every eval_every
   # epochs. Equal to LaPerm's sync period: right after every sync.
   config.eval_every_steps = 0
-  config.steps_per_call = 1  # Train steps per jitted call (a lax.scan).
+  config.steps_per_call = 1  # Train steps per jitted call (a loop).
   config.seeds_in_one_step = False  # Train several seeds in one jitted step.
   config.checkpoint_every = 1  # Epochs; the last epoch is always saved.
   config.monitor = False  # Record the A.3 monitor of the first kernel.
