@@ -1,0 +1,58 @@
+"""docs/results_figures.py: the exact-permutation checks behind RESULTS.md."""
+
+import importlib.util
+import json
+import pathlib
+import shutil
+import sys
+
+from experiments import cli
+import test_data  # Its IDX writer; pytest puts this directory on sys.path.
+
+_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'docs' / (
+    'results_figures.py')
+
+
+def _results_figures():
+  spec = importlib.util.spec_from_file_location('results_figures', _SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_checks_confirm_trained_runs_and_catch_a_wrong_config(
+    tmp_path, monkeypatch, capsys):
+  (tmp_path / 'idx').mkdir()
+  test_data._tiny_mnist(tmp_path / 'idx', train=300, test=50)  # pylint: disable=protected-access
+  runs = tmp_path / 'runs'
+  cli.run('f1', cli.parser().parse_args([
+      'f1', '--quick', '--dataset', f'idx:{tmp_path / "idx"}',
+      '--no-progress', '--seeds', '0,1', '--out', str(runs / 'f1'),
+      # Steps large enough to swap zeros and shared values within 4 steps.
+      '--set', 'optimizer.learning_rate=0.05']))
+  # The same run, its second seed's config claiming another shared value:
+  # the regenerated initial weights are then not those it trained from.
+  shutil.copytree(runs / 'f1', runs / 'f1-wrong')
+  metrics_path = runs / 'f1-wrong' / 'laperm' / 'seed-1' / 'metrics.json'
+  metrics = json.loads(metrics_path.read_text())
+  metrics['config']['init']['value'] = 0.07
+  metrics_path.write_text(json.dumps(metrics))
+
+  out = tmp_path / 'out'
+  monkeypatch.setattr(sys, 'argv', [str(_SCRIPT), '--runs', str(runs),
+                                    '--out', str(out)])
+  _results_figures().main()
+
+  checks = json.loads((out / 'checks.json').read_text())['all_laperm_runs']
+  exact = {name.removeprefix(str(runs) + '/'): check[
+      'all_kernels_exact_permutation'] for name, check in checks.items()}
+  assert exact == {'f1/laperm seed 0': True, 'f1/laperm seed 1': True,
+                   'f1-wrong/laperm seed 0': True,
+                   'f1-wrong/laperm seed 1': False}
+  moved = checks[f'{runs}/f1/laperm seed 0']['fraction_moved']
+  assert list(moved) == ["['head']['kernel']"]  # F1's one kernel.
+  assert 0.0 < moved["['head']['kernel']"] <= 1.0
+  # Figures whose runs are missing are skipped, each saying so.
+  printed = capsys.readouterr().out
+  assert 'skip conv figures' in printed and 'skip prune sweep' in printed
+  assert sorted(path.name for path in out.iterdir()) == ['checks.json']
