@@ -267,25 +267,39 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     The train state of one seed.
   """
   init_key, weights_key = jax.random.split(jax.random.key(config.seed))
-  # Jitted: eager initialization compiles every op on its own, which costs
-  # seconds on CPU.
-  variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape)))
   if tx is None:
     tx = optimizers.create(config.optimizer, steps_per_epoch)
+  init_model, create = _state_programs(
+      model, tx, ml_collections.FrozenConfigDict(config.init),
+      ml_collections.FrozenConfigDict(config.optimizer))
+  variables = init_model(init_key, jnp.zeros((1, *image_shape)))
+  return create(weights_key, variables)
 
-  # Jitted apart from `model.init`, whose rounding must not depend on what
-  # follows it; these steps only select, sort and fill, exact in any program.
-  @jax.jit
+
+@functools.lru_cache(maxsize=8)
+def _state_programs(model: nn.Module, tx: optax.GradientTransformation,
+                    init_config: ml_collections.FrozenConfigDict,
+                    optimizer_config: ml_collections.FrozenConfigDict
+                    ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """The jitted ``model.init`` and train-state builder, made once per run.
+
+  Jitted because eager initialization compiles every op on its own, which
+  costs seconds on CPU; cached so that the seeds of a run (which share
+  ``tx``) trace and compile them once. ``model.init`` is a program of its
+  own, so its rounding cannot depend on what follows it; the builder only
+  selects, sorts and fills, exact in any program.
+  """
+
   def create(weights_key, variables):
-    params = initial_params(config.init, weights_key, variables['params'])
+    params = initial_params(init_config, weights_key, variables['params'])
     state = TrainState.create(
         apply_fn=model.apply,
-        params=optimizers.wrap_params(config.optimizer, params), tx=tx,
+        params=optimizers.wrap_params(optimizer_config, params), tx=tx,
         batch_stats=variables.get('batch_stats', {}))
     # An int32 array from the start, as a restored checkpoint holds it.
     return state.replace(step=jnp.zeros([], jnp.int32))
 
-  return create(weights_key, variables)
+  return jax.jit(model.init), jax.jit(create)
 
 
 def _stack(trees: list[Any]) -> Any:
