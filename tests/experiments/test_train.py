@@ -1,6 +1,7 @@
 """The training loop: bitwise resume, LaPerm's exact weights, optimizers."""
 
 import json
+import logging
 
 import chex
 import jax
@@ -198,6 +199,22 @@ def test_seeds_trained_together_equal_each_seed_alone(tmp_path, overrides):
   assert metrics['test_accuracy_of_best'] == together[2].test_accuracy
 
 
+def test_seeds_of_a_run_share_their_initialization_programs(caplog):
+  config = _config()
+  model = train.models.create(config.model, 10)
+  tx = optimizers.create(config.optimizer, 10)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    states = [train.create_train_state(_config(seed=seed), model, (8, 8, 1),
+                                       10, tx=tx) for seed in (0, 1, 2)]
+  compiled = [record.getMessage() for record in caplog.records
+              if record.getMessage().startswith('Compiling jit(')]
+  assert sum('jit(init)' in message for message in compiled) == 1
+  assert sum('jit(create)' in message for message in compiled) == 1
+  kernels = [state.params['hidden1']['kernel'] for state in states]
+  assert not np.array_equal(kernels[0], kernels[1])
+  assert not np.array_equal(kernels[1], kernels[2])
+
+
 def test_several_seeds_need_seeds_in_one_step(tmp_path):
   config = _config()
   splits, num_classes = _splits(config)
@@ -205,11 +222,17 @@ def test_several_seeds_need_seeds_in_one_step(tmp_path):
     train.train_seeds(config, (0, 1), splits, num_classes, tmp_path)
 
 
-def test_blocks_of_steps_equal_single_steps(tmp_path):
-  config = _config(epochs=2)
-  single = _run(config, tmp_path / 'single')
-  blocks = _run(_config(epochs=2, steps_per_call=3), tmp_path / 'blocks')
-  _assert_same_run(blocks, single)
+def test_loops_of_steps_equal_single_steps_in_one_program(tmp_path, caplog):
+  # 10 steps per epoch, evaluated after every 7th: segments of 7, 3, 4 and
+  # 6 steps, run in loops of at most 3 (3, 3, 1, 3, 3, 1, 3, 3).
+  single = _run(_config(epochs=2, eval_every_steps=7), tmp_path / 'single')
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    loops = _run(_config(epochs=2, eval_every_steps=7, steps_per_call=3),
+                 tmp_path / 'loops')
+  _assert_same_run(loops, single)
+  compiled = [record.getMessage() for record in caplog.records
+              if record.getMessage().startswith('Compiling jit(')]
+  assert sum('jit(block)' in message for message in compiled) == 1
 
 
 def test_evaluation_right_after_every_sync(tmp_path):
