@@ -23,7 +23,6 @@ from typing import Any, NamedTuple, Optional
 import jax
 from jax import lax
 from jax.extend import core
-from jax.extend.core import primitives
 import numpy as np
 
 Axes = frozenset[int]
@@ -38,15 +37,8 @@ _SAME_LAYOUT = frozenset([
     lax.sharding_constraint_p,
     lax.stop_gradient_p,
 ])
-# Calls of a nested program with the caller's operands and results.
-_CALLS = {
-    primitives.call_p: 'call_jaxpr',
-    primitives.closed_call_p: 'call_jaxpr',
-    primitives.custom_jvp_call_p: 'call_jaxpr',
-    primitives.custom_vjp_call_p: 'call_jaxpr',
-    primitives.jit_p: 'jaxpr',
-    primitives.remat_p: 'jaxpr',
-}
+# `jnp.unstack` has its own primitive in newer JAX versions only.
+_UNSTACK = getattr(lax, 'unstack_p', None)
 
 
 class _View(NamedTuple):
@@ -151,7 +143,7 @@ def _layout_rule(eqn, view: _View) -> Optional[list[_View]]:
     return [_reshape(view, in_shape, params['new_sizes'])]
   if primitive is lax.squeeze_p:
     return [_drop_axes(view, params['dimensions'])]
-  if primitive is lax.unstack_p:
+  if primitive is _UNSTACK:
     # Each output is one position along the axis.
     axis = params['axis']
     sliced = view._replace(partial=view.partial | view.origins[axis])
@@ -181,6 +173,30 @@ def _product_use(view: _View, summed: Sequence[int], name: str) -> _Use:
     return _Use(None, other, f'read by {name}, which sums over part of its '
                 f'axes {sorted(fan_in & other)} (reshaped or broadcast)')
   return _Use(fan_in, other, f'{name} summing over axes {sorted(fan_in)}')
+
+
+def _called_jaxpr(eqn) -> Optional[core.Jaxpr]:
+  """The jaxpr that ``eqn`` calls on its operands, or None if not a call.
+
+  jit, remat, custom_jvp, custom_vjp and closed_call each hold one jaxpr
+  that takes the operands and gives the results, shape for shape: found so
+  rather than by name, as their primitives differ between JAX versions.
+  (Loops and conds, which also hold jaxprs, are handled before.)
+  """
+  jaxprs = [value.jaxpr if isinstance(value, core.ClosedJaxpr) else value
+            for value in eqn.params.values()
+            if isinstance(value, (core.Jaxpr, core.ClosedJaxpr))]
+  if len(jaxprs) != 1:
+    return None
+  jaxpr, = jaxprs
+
+  def types(variables):
+    return [(var.aval.shape, var.aval.dtype) for var in variables]
+
+  if (types(jaxpr.invars) != types(eqn.invars)
+      or types(jaxpr.outvars) != types(eqn.outvars)):
+    return None
+  return jaxpr
 
 
 def _unread(description: str) -> _Use:
@@ -224,11 +240,6 @@ class _Tracer:
         return out_views
     if primitive in (lax.device_put_p, lax.optimization_barrier_p):
       return views
-    if primitive in _CALLS:
-      inner = eqn.params[_CALLS[primitive]]
-      if isinstance(inner, core.ClosedJaxpr):
-        inner = inner.jaxpr
-      return self.run(inner, views)
     if primitive is lax.dot_general_p:
       contracting, _ = eqn.params['dimension_numbers']
       for view, summed in zip(views, contracting):
@@ -251,6 +262,9 @@ class _Tracer:
       return self.scan(eqn, views)
     if primitive is lax.while_p:
       return self.while_loop(eqn, views)
+    called = _called_jaxpr(eqn)
+    if called is not None:
+      return self.run(called, views)
     self.record_unread(views, f'read by {name}, which is neither a product '
                        'nor a convolution')
     return [None] * len(eqn.outvars)

@@ -64,6 +64,15 @@ def test_grouped_conv_sums_over_its_group(groups):
   assert derived['kernel'] == (0, 1, 2)
 
 
+@pytest.mark.parametrize('transpose_kernel, expected', [
+    (False, (0, 1, 2)),  # Kernel (h, w, in, out).
+    (True, (0, 1, 3)),  # Kernel (h, w, out, in), flipped in the program.
+])
+def test_conv_transpose(transpose_kernel, expected):
+  module = nn.ConvTranspose(8, (3, 3), transpose_kernel=transpose_kernel)
+  assert _derive(module, (2, 6, 6, 4)) == {'kernel': expected, 'bias': None}
+
+
 def test_dense_general_with_several_input_axes():
   module = nn.DenseGeneral(features=(4, 8), axis=(-2, -1), use_bias=False)
   fn, params, inputs = _linen(module, (2, 3, 5))
@@ -178,6 +187,18 @@ def test_embedding_is_reported():
   derived = lp.derive_vector_axes(fn, params, tokens, unknown='default')
   assert derived == {'Embed_0': {'embedding': None},
                      'Dense_0': {'kernel': (0,), 'bias': None}}
+
+
+class _Logits(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Embed(10, 8).attend(x)
+
+
+def test_embedding_as_output_layer():
+  # `attend` is x @ embedding.T: every vocabulary entry's row is a vector.
+  assert _derive(_Logits(), (2, 8)) == {'Embed_0': {'embedding': (1,)}}
 
 
 class _Normed(nn.Module):
