@@ -16,7 +16,8 @@ import optax
 Mask = Union[Any, Callable[[optax.Params], Any]]
 
 
-def per_leaf(spec: Any, params: optax.Params, name: str) -> list[Any]:
+def per_leaf(spec: Any, params: optax.Params, name: str, *,
+             is_leaf: Optional[Callable[[Any], bool]] = None) -> list[Any]:
   """Broadcasts ``spec`` (a tree prefix or a callable) to one value per leaf.
 
   Args:
@@ -24,21 +25,23 @@ def per_leaf(spec: Any, params: optax.Params, name: str) -> list[Any]:
       callable ``params -> tree``.
     params: The params tree.
     name: The argument's name, for error messages.
+    is_leaf: Which nodes of ``spec`` are values, for values that are pytree
+      nodes to JAX (tuples of axes); default: JAX's leaves.
 
   Returns:
     A list with one value per leaf of ``params``, in flattened order.
   """
   tree = spec(params) if callable(spec) else spec
+  values, spec_treedef = jax.tree.flatten(tree, is_leaf=is_leaf)
   try:
-    broadcast = jax.tree.map(
-        lambda value, subtree: jax.tree.map(lambda _: value, subtree),
-        tree, params)
+    subtrees = spec_treedef.flatten_up_to(params)
   except (ValueError, TypeError) as error:
     raise ValueError(
         f'{name} does not match the structure of params (it must be the same '
         f'tree, a prefix of it, or a callable returning one): {error}'
     ) from error
-  return jax.tree.leaves(broadcast)
+  return [value for value, subtree in zip(values, subtrees)
+          for _ in jax.tree.leaves(subtree)]
 
 
 def selected_leaves(mask: Optional[Mask], params: optax.Params, name: str,

@@ -18,9 +18,15 @@ from laperm_jax import _weight_vectors
 SHAPES = [(7,), (5, 3), (3, 4, 2), (2, 3, 4, 5), (2, 2, 3, 2, 3)]
 
 
-def _numpy_vectors(x):
+def _numpy_vectors(x, vector_axes=None):
+  """The weight vectors of ``x`` as columns, written with NumPy alone."""
   x = np.asarray(x)
-  return x[:, None] if x.ndim == 1 else x.reshape(-1, x.shape[-1])
+  if vector_axes is None:
+    return x[:, None] if x.ndim == 1 else x.reshape(-1, x.shape[-1])
+  fan_in = sorted(axis % x.ndim for axis in vector_axes)
+  others = [axis for axis in range(x.ndim) if axis not in fan_in]
+  length = int(np.prod([x.shape[axis] for axis in fan_in]))
+  return np.transpose(x, fan_in + others).reshape(length, -1)
 
 
 def _stable_ranks(vectors):
@@ -108,6 +114,143 @@ def test_place_sorted_keeps_bit_patterns_of_signed_zeros():
       np.sort(np.asarray(sorted_values).view(np.uint32)))
 
 
+# Layouts: which axes form one weight vector (the fan-in axes).
+LAYOUTS = [((3, 4, 2), (0,)), ((3, 4, 2), (1,)), ((3, 4, 2), (0, 2)),
+           ((3, 4, 2), (-1, 1)), ((3, 4, 2), (0, 1, 2)), ((5, 3), (1,)),
+           ((7,), (0,)), ((2, 3, 4, 5), (1, 3))]
+
+
+@pytest.mark.parametrize('shape, vector_axes', LAYOUTS)
+def test_as_vectors_moves_the_fan_in_axes_first(shape, vector_axes):
+  x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+  vectors = lp.as_vectors(x, vector_axes=vector_axes)
+  np.testing.assert_array_equal(vectors, _numpy_vectors(x, vector_axes))
+  np.testing.assert_array_equal(
+      _weight_vectors.from_vectors(vectors, shape, vector_axes=vector_axes), x)
+  # NumPy in, NumPy out (exports decode without JAX arrays).
+  assert isinstance(lp.as_vectors(np.asarray(x), vector_axes=vector_axes),
+                    np.ndarray)
+
+
+def test_attention_query_kernel_has_one_vector_per_head_and_dim():
+  # (features, heads, head_dim): fan-in axis 0, 4 * 8 output units.
+  kernel = jnp.arange(16 * 4 * 8, dtype=jnp.float32).reshape(16, 4, 8)
+  vectors = lp.as_vectors(kernel, vector_axes=(0,))
+  assert vectors.shape == (16, 32)
+  np.testing.assert_array_equal(vectors[:, 2 * 8 + 5], kernel[:, 2, 5])
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_default_layout_is_all_axes_but_the_last(shape):
+  x = jax.random.normal(jax.random.key(1), shape)
+  trailing = tuple(range(len(shape) - 1)) or (0,)
+  for fn in (lp.sort_vectors, lp.ranks):
+    np.testing.assert_array_equal(fn(x), fn(x, vector_axes=trailing))
+  np.testing.assert_array_equal(lp.as_vectors(x),
+                                lp.as_vectors(x, vector_axes=trailing))
+
+
+@pytest.mark.parametrize('shape, vector_axes', LAYOUTS)
+def test_layout_ranks_sorts_and_placement_per_vector(shape, vector_axes):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(shape).astype(np.float32)
+  x.reshape(-1)[::3] = 0.0  # Ties.
+  as_numpy = lambda a: _numpy_vectors(a, vector_axes)
+  rank = _stable_ranks(as_numpy(x))
+  np.testing.assert_array_equal(
+      as_numpy(lp.ranks(jnp.asarray(x), vector_axes=vector_axes)), rank)
+  initial = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  sorted_init = lp.sort_vectors(initial, vector_axes=vector_axes)
+  np.testing.assert_array_equal(
+      as_numpy(sorted_init), np.sort(as_numpy(initial), axis=0))
+  placed = lp.place_sorted(jnp.asarray(x), sorted_init,
+                           vector_axes=vector_axes)
+  assert placed.shape == shape
+  np.testing.assert_array_equal(
+      as_numpy(placed).view(np.uint32),
+      np.take_along_axis(as_numpy(sorted_init), rank, axis=0).view(np.uint32))
+
+
+@pytest.mark.parametrize('vector_axes, message', [
+    ((), 'empty tuple'),
+    ((0, 0), 'names an axis twice'),
+    ((0, -3), 'names an axis twice'),
+    ((3,), 'names axis 3, out of range for shape'),
+    ((-4,), 'names axis -4, out of range'),
+    ((0.0,), 'must be a tuple of ints'),
+    ((True,), 'must be a tuple of ints'),
+    ([0], 'must be a tuple of ints'),
+    (0, 'must be a tuple of ints'),
+])
+def test_bad_layouts_are_rejected(vector_axes, message):
+  leaf = jnp.zeros((3, 4, 2))
+  for fn in (lp.as_vectors, lp.sort_vectors, lp.ranks):
+    with pytest.raises(ValueError, match=message):
+      fn(leaf, vector_axes=vector_axes)
+  with pytest.raises(ValueError, match=message):
+    lp.place_sorted(leaf, leaf, vector_axes=vector_axes)
+
+
+def test_numpy_integer_axes_are_accepted():
+  leaf = jnp.arange(24.0).reshape(2, 3, 4)
+  np.testing.assert_array_equal(
+      lp.ranks(leaf, vector_axes=(np.int64(1),)),
+      lp.ranks(leaf, vector_axes=(1,)))
+
+
+_TREE = {'attention': {'query': {'kernel': jnp.zeros((16, 4, 8)),
+                                 'bias': jnp.zeros((4, 8))}},
+         'dense': {'kernel': jnp.zeros((8, 3)), 'bias': jnp.zeros(3)}}
+
+
+@pytest.mark.parametrize('vector_axes, expected', [
+    (None, [None] * 4),
+    ((0,), [(0,)] * 4),  # A tuple at the root applies to every leaf.
+    ({'attention': {'query': {'kernel': (0,), 'bias': None}}, 'dense': None},
+     [None, (0,), None, None]),
+    ({'attention': (0,), 'dense': None}, [(0,), (0,), None, None]),
+    # What lp.derive_vector_axes returns: the params' structure, sorted
+    # tuples of non-negative ints or None at every leaf.
+    ({'attention': {'query': {'kernel': (0,), 'bias': None}},
+      'dense': {'kernel': (0,), 'bias': None}}, [None, (0,), None, (0,)]),
+    (lambda path, leaf: (0,) if leaf.ndim == 3 else None,
+     [None, (0,), None, None]),
+])
+def test_per_leaf_axes_forms(vector_axes, expected):
+  assert _weight_vectors.per_leaf_axes(vector_axes, _TREE) == expected
+
+
+def test_per_leaf_axes_callable_gets_key_paths():
+  seen = []
+  _weight_vectors.per_leaf_axes(
+      lambda path, leaf: seen.append(jax.tree_util.keystr(path)), _TREE)
+  assert seen == ["['attention']['query']['bias']",
+                  "['attention']['query']['kernel']", "['dense']['bias']",
+                  "['dense']['kernel']"]
+
+
+@pytest.mark.parametrize('vector_axes, message', [
+    ({'attention': (0,)}, 'vector_axes does not match the structure'),
+    ({'attention': (0,), 'dense': [0]}, r"leaf \['dense'\]\['bias'\] \[0\]"),
+    (lambda path, leaf: [0], r'gives leaf .* \[0\]; a layout is a tuple'),
+])
+def test_per_leaf_axes_errors_name_the_leaf(vector_axes, message):
+  with pytest.raises(ValueError, match=message):
+    _weight_vectors.per_leaf_axes(vector_axes, _TREE)
+
+
+def test_checked_layouts_checks_selected_leaves_only():
+  # The query bias (4, 8) has no axis 2, but is not selected.
+  layouts = _weight_vectors.checked_layouts(
+      'f', {'attention': (0, 2), 'dense': None}, _TREE,
+      [False, True, False, True])
+  assert layouts == [None, (0, 2), None, (0,)]
+  with pytest.raises(ValueError, match=r"f: leaf \['attention'\]\['query'"
+                     r"\]\['bias'\]: vector_axes \(0, 2\) names axis 2"):
+    _weight_vectors.checked_layouts(
+        'f', {'attention': (0, 2), 'dense': None}, _TREE, [True] * 4)
+
+
 # The CPU path (single-operand integer sorts) against the key-value sort that
 # GPU and TPU run: bitwise the same order for any input, including what the
 # comparator treats specially (signed zeros, subnormals, NaNs, infinities).
@@ -189,31 +332,37 @@ def test_chunking_of_large_leaves(num_vectors, length, expected):
   assert _weight_vectors._chunking(num_vectors, length) == expected
 
 
-@pytest.mark.parametrize('shape, chunking', [
-    ((5, 256), (16, 2)), ((3, 2, 4, 128), (8, 2)), ((7, 96), (2, 2)),
-    ((9, 40), (1, 1))])
+@pytest.mark.parametrize('shape, vector_axes, chunking', [
+    ((5, 256), None, (16, 2)), ((3, 2, 4, 128), None, (8, 2)),
+    ((7, 96), None, (2, 2)), ((9, 40), None, (1, 1)),
+    # Non-trailing layouts: an attention kernel (features, heads, head_dim)
+    # and a transposed (out, in) kernel.
+    ((5, 16, 16), (0,), (16, 2)), ((96, 7), (1,), (2, 2))])
 def test_chunks_give_bitwise_the_whole_leaf_result(monkeypatch, shape,
-                                                   chunking):
+                                                   vector_axes, chunking):
   monkeypatch.setattr(_weight_vectors, '_CHUNK_WEIGHTS', 64)
   monkeypatch.setattr(_weight_vectors, '_BLOCK', 2)
-  vectors = lp.as_vectors(jnp.zeros(shape))
+  vectors = lp.as_vectors(jnp.zeros(shape), vector_axes=vector_axes)
   assert _weight_vectors._chunking(vectors.shape[1],
                                    vectors.shape[0]) == chunking
   rng = np.random.default_rng(0)
   leaf = rng.standard_normal(shape).astype(np.float32)
   leaf[..., ::3] = np.round(leaf[..., ::3])  # Ties, as in a pruned kernel.
   sorted_init = lp.sort_vectors(jnp.asarray(rng.standard_normal(shape),
-                                            jnp.float32))
+                                            jnp.float32),
+                                vector_axes=vector_axes)
+  axes = _weight_vectors.fan_in_axes(shape, vector_axes)
 
   def place(_, rows, sorted_rows):
     return _weight_vectors.place_rows(rows, sorted_rows)
 
   chunked, whole = (
-      jax.jit(lambda x, s, f=f: f(place, s, x, s))(leaf, sorted_init)
+      jax.jit(lambda x, s, f=f: f(place, axes, s, x, s))(leaf, sorted_init)
       for f in (_weight_vectors._map_chunks, _weight_vectors._map_whole))
   np.testing.assert_array_equal(np.asarray(chunked).view(np.uint32),
                                 np.asarray(whole).view(np.uint32))
-  rank = _stable_ranks(_numpy_vectors(leaf))
+  as_numpy = lambda x: _numpy_vectors(x, vector_axes)
+  rank = _stable_ranks(as_numpy(leaf))
   np.testing.assert_array_equal(
-      _numpy_vectors(chunked),
-      np.take_along_axis(_numpy_vectors(sorted_init), rank, axis=0))
+      as_numpy(chunked),
+      np.take_along_axis(as_numpy(sorted_init), rank, axis=0))
