@@ -107,10 +107,11 @@ def _reshape(view: _View, in_shape, out_shape) -> _View:
 
 
 def _held_at_one_position(view: _View, axes: Sequence[int]) -> Axes:
-  """The leaf's axes behind ``view``'s axes of size 1 ``axes`` that were cut.
+  """The sliced leaf axes behind ``view``'s axes ``axes``, of size 1 each.
 
-  Such a leaf axis is of size 1 itself, or was sliced to one position:
-  then the array holds one position of it (like a static index).
+  An axis of size 1 spans leaf axes of size 1, or leaf axes sliced down to
+  one position: without it, the array holds that one position of them, as
+  after a static index.
   """
   return _union(view.origins[axis] for axis in axes) & view.partial
 
@@ -462,6 +463,6 @@ def derive_vector_axes(fn: Callable[..., Any], params: Any, *args: Any,
     raise ValueError(
         'derive_vector_axes cannot read the fan-in of these leaves:\n'
         + '\n'.join(problems) + "\nPass unknown='default' to give them None "
-        '(the default layout: all axes but the last) and derive the rest, '
-        'or give their layout by hand.')
+        '(the default layout) and derive the rest, and keep them out of '
+        "LaPerm's mask; or give their layout by hand.")
   return jax.tree_util.tree_unflatten(treedef, axes)
