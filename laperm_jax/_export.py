@@ -8,17 +8,21 @@ writes that rank order (``ceil(log2 n)`` bits per weight for vectors of length
 them; :func:`restore_permutations` rebuilds the synchronized params bit for
 bit, and refuses a file that would give other weights.
 
-File format (version 1): one uncompressed ``.npz`` file (a zip of ``.npy``
+File format (version 2): one uncompressed ``.npz`` file (a zip of ``.npy``
 arrays, each with a CRC-32, read with ``allow_pickle=False``). Member
 ``manifest`` is UTF-8 JSON as a ``uint8`` array::
 
-  {"format": "laperm_jax.permutations", "version": 1,
+  {"format": "laperm_jax.permutations", "version": 2,
    "init_key": null or {"impl": "threefry2x32" (a typed key) or null (raw)},
    "leaves": [{"path": jax.tree_util.keystr path, "shape": [...],
                "dtype": "float32", "encoding": ..., ...}, ...]}
 
 Leaves are listed in flattened order; leaf ``i``'s arrays are members named
-``{i}.<name>``, all in C order and little-endian. The encodings:
+``{i}.<name>``, all in C order and little-endian. Every ``ranks`` and
+``binary`` leaf records its layout, ``"vector_axes"``: the sorted fan-in
+axes that form one weight vector (:func:`laperm_jax.as_vectors`). Version 1
+files (written before layouts) have none and mean the default, all axes but
+the last; they are read as before. The encodings:
 
 - ``raw`` (leaves LaPerm does not permute): ``{i}.raw``, the leaf's bytes as
   ``uint8``.
@@ -57,9 +61,12 @@ import optax
 from laperm_jax import _laperm
 from laperm_jax import _weight_vectors
 from laperm_jax._weight_vectors import as_vectors
+from laperm_jax._weight_vectors import from_vectors
 
 FORMAT = 'laperm_jax.permutations'
-VERSION = 1
+VERSION = 2
+# Versions this module reads: 1 has no "vector_axes" (the default layout).
+_READS = (1, 2)
 
 InitFn = Callable[[jax.Array], optax.Params]
 PathLike = Union[str, os.PathLike]
@@ -73,6 +80,7 @@ def export_permutations(
     init_key: Optional[jax.Array] = None,
     pack_ranks: bool = True,
     binary: bool = True,
+    vector_axes: _weight_vectors.VectorAxes = None,
 ) -> None:
   """Writes ``synchronize(params, opt_state)`` as permutations of the init.
 
@@ -105,10 +113,14 @@ def export_permutations(
       ``uint16`` or ``uint32``.
     binary: Whether to store leaves whose initial values are all 0 or one
       value as one bit per weight.
+    vector_axes: The layout :func:`laperm_jax.laperm` was given, in the same
+      form (the state does not record it). The file records each leaf's
+      layout, so a restore needs none.
 
   Raises:
     ValueError: ``opt_state`` holds no or several LaPerm states, ``params``
-      do not match it, a permuted weight vector holds a non-finite value (it
+      do not match it, ``vector_axes`` is not the state's (where the sorted
+      values tell, as :func:`laperm_jax.synchronize` checks), a permuted weight vector holds a non-finite value (it
       has no rank order), or ``init_fn(init_key)`` does not regenerate a
       leaf's initial values; the message names the leaf.
 
@@ -145,19 +157,21 @@ def export_permutations(
     raise ValueError(f'{where}: pass init_fn and init_key together, or '
                      'neither (then the sorted initial values are stored).')
   held, _ = _laperm._zip_leaves(params, state.sorted_init, state.reset_values)  # pylint: disable=protected-access
+  layouts = _laperm._state_layouts(where, vector_axes, params, held)  # pylint: disable=protected-access
   names = [jax.tree_util.keystr(p)
            for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   regenerated = None if init_fn is None else _init_leaves(init_fn, init_key)
   arrays, entries = {}, []
-  for index, (name, (param, sorted_init, reset)) in enumerate(zip(names, held)):
+  for index, (name, (param, sorted_init, reset), axes) in enumerate(
+      zip(names, held, layouts)):
     if _laperm._is_masked(sorted_init):  # pylint: disable=protected-access
-      value = np.asarray(_laperm._sync_leaf(param, sorted_init, reset))  # pylint: disable=protected-access
+      value = np.asarray(_laperm._sync_leaf(param, sorted_init, reset, axes))  # pylint: disable=protected-access
       entry = {'encoding': 'raw', 'sha256': _sha256(value)}
       arrays[f'{index}.raw'] = np.ascontiguousarray(value).reshape(-1).view(
           np.uint8)
     else:
       value = np.asarray(sorted_init)
-      entry = _encode_permuted(index, name, param, value, regenerated,
+      entry = _encode_permuted(index, name, param, value, axes, regenerated,
                                pack_ranks, binary, arrays)
     entries.append({'path': name, 'shape': list(value.shape),
                     'dtype': value.dtype.name, **entry})
@@ -243,7 +257,8 @@ def restore_permutations(
     for index, ((key_path, like), entry) in enumerate(
         zip(flat, manifest['leaves'])):
       try:
-        value = _decode(archive, index, entry, like, regenerated)
+        value = _decode(archive, index, entry, like, regenerated,
+                        manifest['version'])
         _check_sha256(value, entry['sha256'], 'the restored values')
       except (ValueError, KeyError, TypeError, OSError, EOFError,
               zipfile.BadZipFile) as error:
@@ -277,24 +292,24 @@ def _init_leaves(init_fn, key) -> dict[str, Any]:
   return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
 
 
-def _encode_permuted(index, name, param, sorted_init, regenerated, pack_ranks,
-                     binary, arrays) -> dict[str, Any]:
+def _encode_permuted(index, name, param, sorted_init, axes, regenerated,
+                     pack_ranks, binary, arrays) -> dict[str, Any]:
   """Adds a permuted leaf's arrays to ``arrays``; returns its manifest entry."""
   if not bool(jnp.all(jnp.isfinite(param))):
     raise ValueError(
         f'export_permutations: leaf {name} holds a non-finite value, so its '
         'weight vector has no rank order (a sync makes it NaN).')
-  ranks = np.asarray(_weight_vectors.ranks(param)).astype(np.uint32)
-  synced = np.take_along_axis(as_vectors(sorted_init), as_vectors(ranks),
-                              axis=0)
-  entry = {'sha256': _sha256(synced)}
+  ranks = np.asarray(_weight_vectors.ranks(param, vector_axes=axes)).astype(
+      np.uint32)
+  synced = _place(sorted_init, ranks, axes)
+  entry = {'sha256': _sha256(synced), 'vector_axes': list(axes)}
   value = _shared_value(sorted_init) if binary else None
   if value is not None:
     arrays[f'{index}.mask'] = np.packbits(
         _bits(synced).reshape(-1) != 0, bitorder='little')
     return {**entry, 'encoding': 'binary', 'value': value.tobytes().hex()}
   entry['sorted_sha256'] = _sha256(sorted_init)
-  vector_length = as_vectors(ranks).shape[0]
+  vector_length = as_vectors(ranks, vector_axes=axes).shape[0]
   if pack_ranks:
     bits = _rank_bits(vector_length)
     arrays[f'{index}.ranks'] = _pack(ranks.reshape(-1), bits)
@@ -307,11 +322,18 @@ def _encode_permuted(index, name, param, sorted_init, regenerated, pack_ranks,
     return {**entry, 'sorted': 'stored'}
   try:
     _check_regenerated(regenerated, name, sorted_init.shape,
-                       sorted_init.dtype, entry['sorted_sha256'],
+                       sorted_init.dtype, axes, entry['sorted_sha256'],
                        'init_fn(init_key)')
   except ValueError as error:
     raise ValueError(f'export_permutations: {error}') from error
   return {**entry, 'sorted': 'init'}
+
+
+def _place(sorted_init, ranks, axes) -> np.ndarray:
+  """Each weight vector's sorted values placed at their ranks, in leaf shape."""
+  placed = np.take_along_axis(as_vectors(sorted_init, vector_axes=axes),
+                              as_vectors(ranks, vector_axes=axes), axis=0)
+  return from_vectors(placed, sorted_init.shape, vector_axes=axes)
 
 
 def _shared_value(sorted_init) -> Optional[np.ndarray]:
@@ -351,9 +373,9 @@ def _read_manifest(archive, where) -> dict[str, Any]:
   if found != FORMAT:
     raise ValueError(f'{where} is not a permutation export (format {found!r}, '
                      f'expected {FORMAT!r}).')
-  if manifest.get('version') != VERSION:
+  if manifest.get('version') not in _READS:
     raise ValueError(f'{where} has format version {manifest.get("version")!r}; '
-                     f'this laperm_jax reads version {VERSION}.')
+                     f'this laperm_jax reads versions {_READS}.')
   if not isinstance(manifest.get('leaves'), list) or not all(
       isinstance(entry, dict) for entry in manifest['leaves']):
     raise ValueError(f'{where}: the manifest lists no leaves.')
@@ -383,7 +405,7 @@ def _read_key(archive, manifest, where) -> jax.Array:
                      f'{_describe(error)}') from error
 
 
-def _decode(archive, index, entry, like, regenerated) -> np.ndarray:
+def _decode(archive, index, entry, like, regenerated, version) -> np.ndarray:
   """Leaf ``index`` of the file as a NumPy array; raises if it cannot be exact."""
   shape, dtype = tuple(entry['shape']), jnp.dtype(entry['dtype'])
   if shape != tuple(like.shape) or dtype != like.dtype:
@@ -408,10 +430,11 @@ def _decode(archive, index, entry, like, regenerated) -> np.ndarray:
     return np.where(mask, value, np.zeros((), dtype)).reshape(shape)
   if encoding != 'ranks':
     raise ValueError(f'unknown encoding {encoding!r}.')
-  vector_length = math.prod(shape[:-1]) if len(shape) > 1 else size
+  axes = _read_vector_axes(entry, shape, version)
+  vector_length = math.prod(shape[axis] for axis in axes)
   ranks = _read_ranks(archive, f'{index}.ranks', entry['rank_bits'],
                       vector_length, size).reshape(shape)
-  _check_permutations(as_vectors(ranks), vector_length)
+  _check_permutations(as_vectors(ranks, vector_axes=axes), vector_length)
   if entry['sorted'] == 'stored':
     bits = _member(archive, f'{index}.sorted', _bits_dtype(dtype), size)
     sorted_init = bits.reshape(shape).view(dtype)
@@ -419,12 +442,26 @@ def _decode(archive, index, entry, like, regenerated) -> np.ndarray:
                   'the stored sorted values')
   elif entry['sorted'] == 'init':
     sorted_init = _check_regenerated(regenerated, entry['path'], shape, dtype,
-                                     entry['sorted_sha256'], 'init_fn(key)')
+                                     axes, entry['sorted_sha256'],
+                                     'init_fn(key)')
   else:
     raise ValueError(f'unknown source of sorted values {entry["sorted"]!r}.')
-  placed = np.take_along_axis(as_vectors(sorted_init), as_vectors(ranks),
-                              axis=0)
-  return placed.reshape(shape)
+  return _place(sorted_init, ranks, axes)
+
+
+def _read_vector_axes(entry, shape, version) -> tuple[int, ...]:
+  """The fan-in axes a ``ranks`` entry records (version 1: the default)."""
+  if version == 1:
+    return _weight_vectors.fan_in_axes(shape)
+  axes = entry.get('vector_axes')
+  if not isinstance(axes, list):
+    raise ValueError(f'the manifest records no vector_axes (found {axes!r}).')
+  checked = _weight_vectors.fan_in_axes(shape, tuple(axes),
+                                        where='the manifest')
+  if list(checked) != axes:
+    raise ValueError(f'the manifest records vector_axes {axes!r}, not as '
+                     'sorted non-negative axes.')
+  return checked
 
 
 def _member(archive, name, dtype, size) -> np.ndarray:
@@ -472,7 +509,7 @@ def _check_permutations(ranks, vector_length) -> None:
         'repeated).')
 
 
-def _check_regenerated(regenerated, name, shape, dtype, sha256,
+def _check_regenerated(regenerated, name, shape, dtype, axes, sha256,
                        source) -> np.ndarray:
   """The sorted values of ``name`` in ``regenerated``, checked against sha256."""
   leaf = regenerated.get(name)
@@ -482,7 +519,8 @@ def _check_regenerated(regenerated, name, shape, dtype, sha256,
     raise ValueError(
         f'{source} regenerates leaf {name} as {jnp.result_type(leaf)}'
         f'{list(jnp.shape(leaf))}, not {jnp.dtype(dtype).name}{list(shape)}.')
-  sorted_init = np.asarray(_weight_vectors.sort_vectors(leaf))
+  sorted_init = np.asarray(_weight_vectors.sort_vectors(leaf,
+                                                        vector_axes=axes))
   _check_sha256(sorted_init, sha256,
                 f'the sorted initial values that {source} regenerates for '
                 f'leaf {name}')

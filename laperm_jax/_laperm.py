@@ -45,6 +45,7 @@ def laperm(
     mask: Optional[_masks.Mask] = None,
     reset_mask: Optional[_masks.Mask] = None,
     reset_inner_state: bool = False,
+    vector_axes: _weight_vectors.VectorAxes = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Lookahead Permutation: the inner optimizer only chooses where weights go.
 
@@ -57,9 +58,14 @@ def laperm(
   permutation of the initial ones. The inner optimizer's state is kept
   across syncs (as in the paper) unless ``reset_inner_state``.
 
-  A *weight vector* is every weight feeding one output unit: for a leaf of
-  shape ``(..., out)``, everything but the last axis, flattened (a Dense
-  kernel's column, a Conv kernel's whole filter); a 1-D leaf is one vector.
+  A *weight vector* is every weight feeding one output unit (its fan-in).
+  By default it is everything but the last axis of a leaf, flattened (a
+  Dense kernel's column, a Conv kernel's whole filter; a 1-D leaf is one
+  vector). That is not the fan-in of every kernel: Flax attention's query,
+  key and value kernels ``(features, num_heads, head_dim)`` need
+  ``vector_axes=(0,)``, and ``DenseGeneral`` with several input axes its
+  input axes, or a sync moves weights between output units (between heads).
+  ``lp.derive_vector_axes`` finds the layout from the model's forward pass.
   Equal values are ranked by position (a stable sort), so syncs are
   deterministic for pruned or shared-value weights too.
 
@@ -92,6 +98,14 @@ def laperm(
       form as ``mask``; must not overlap it. Default: none.
     reset_inner_state: Whether to re-initialize the inner optimizer's state
       at every sync.
+    vector_axes: Which axes of each permuted leaf form one weight vector
+      (its fan-in axes; the other axes index the vectors): a tree of tuples
+      of ints (negative allowed) or None with the structure of the params
+      (or a prefix of it), or a callable ``(key_path, leaf) -> tuple or
+      None`` called per leaf (also inside jit, where ``leaf`` is traced: use
+      its shape). None, at the root or at a leaf: all axes but the last.
+      The state does not record it: pass the same ``vector_axes`` to
+      :func:`synchronize` and :func:`laperm_jax.export_permutations`.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`; extra keyword
@@ -132,7 +146,11 @@ def laperm(
     reset = _masks.selected_leaves(reset_mask, params, 'laperm: reset_mask',
                                    default_kernels=False)
     _check_leaves(params, permuted, reset)
-    sorted_init = _select(_weight_vectors.sort_vectors, params, permuted)
+    layouts = _weight_vectors.checked_layouts('laperm', vector_axes, params,
+                                              permuted)
+    sorted_init = _select(
+        lambda leaf, axes: _weight_vectors.sort_vectors(leaf, vector_axes=axes),
+        params, permuted, layouts)
     reset_values = _select(lambda leaf: leaf, params, reset)
     return LaPermState(
         count=count,
@@ -154,10 +172,15 @@ def laperm(
   def sync(operands):
     inner_updates, inner_state, params, sorted_init, reset_values = operands
     held, _ = _zip_leaves(params, sorted_init, reset_values)
+    # The layout is static: resolved while tracing, from the params' paths
+    # and shapes.
+    layouts = _weight_vectors.checked_layouts(
+        'laperm', vector_axes, params,
+        [not _is_masked(sorted_values) for _, sorted_values, _ in held])
     update_leaves, treedef = jax.tree.flatten(inner_updates, is_leaf=_is_masked)
     sync_updates = treedef.unflatten([
-        _sync_update(*leaf, update)
-        for leaf, update in zip(held, update_leaves)])
+        _sync_update(*leaf, update, axes)
+        for leaf, update, axes in zip(held, update_leaves, layouts)])
     if reset_inner_state:
       inner_state = inner.init(optax.apply_updates(params, sync_updates))
     return sync_updates, inner_state
@@ -195,7 +218,12 @@ def laperm(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def synchronize(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
+def synchronize(
+    params: optax.Params,
+    opt_state: optax.OptState,
+    *,
+    vector_axes: _weight_vectors.VectorAxes = None,
+) -> optax.Params:
   """Returns ``params`` synchronized exactly, as a LaPerm sync would set them.
 
   Every permuted leaf becomes its sorted initial values placed in the rank
@@ -212,6 +240,13 @@ def synchronize(params: optax.Params, opt_state: optax.OptState) -> optax.Params
       inside it (``optax.chain``, ``optax.inject_hyperparams``,
       ``optax.MultiSteps``, ...). If it holds several, each is applied in
       turn.
+    vector_axes: The layout :func:`laperm` was given (the state holds only
+      arrays, not the layout), in the same form. A different layout gives
+      other weights; outside jit, a layout under which the state's sorted
+      initial values are not sorted (e.g. the default for a state built with
+      ``vector_axes=(0,)`` on attention kernels) raises a ``ValueError``. A
+      layout whose weight vectors are parts of the state's (a subset of its
+      fan-in axes) cannot be told apart that way.
 
   Returns:
     The synchronized params, with the structure and dtypes of ``params``.
@@ -241,7 +276,9 @@ def synchronize(params: optax.Params, opt_state: optax.OptState) -> optax.Params
         'optimizer built with laperm_jax.laperm.')
   for state in states:
     held, treedef = _zip_leaves(params, state.sorted_init, state.reset_values)
-    params = treedef.unflatten([_sync_leaf(*leaf) for leaf in held])
+    layouts = _state_layouts('synchronize', vector_axes, params, held)
+    params = treedef.unflatten([
+        _sync_leaf(*leaf, axes) for leaf, axes in zip(held, layouts)])
   return params
 
 
@@ -278,18 +315,46 @@ def _zip_leaves(params, sorted_init, reset_values):
   return leaves, treedef
 
 
-def _sync_leaf(leaf, sorted_values, reset_value):
-  """The value a sync gives ``leaf``."""
+def _state_layouts(where, vector_axes, params, held):
+  """`checked_layouts` of the leaves ``held`` permutes, checked against it.
+
+  The state does not record the layout, but its sorted initial values are
+  sorted along the layout they were made with: outside jit, a layout under
+  which they are not sorted is a mismatch, and raises.
+  """
+  permuted = [not _is_masked(sorted_values) for _, sorted_values, _ in held]
+  layouts = _weight_vectors.checked_layouts(where, vector_axes, params,
+                                            permuted)
+  names = [jax.tree_util.keystr(path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_masked)[0]]
+  checked = [(name, sorted_values, axes)
+             for name, (_, sorted_values, _), axes in zip(names, held, layouts)
+             if axes is not None
+             and not isinstance(sorted_values, jax.core.Tracer)]
+  is_sorted = _weight_vectors.vectors_are_sorted(
+      [sorted_values for _, sorted_values, _ in checked],
+      tuple(axes for _, _, axes in checked))
+  for (name, _, axes), leaf_sorted in zip(checked, is_sorted):
+    if not leaf_sorted:
+      raise ValueError(
+          f'{where}: the LaPerm state holds sorted initial values for leaf '
+          f'{name} that are not sorted along its weight vectors under '
+          f'vector_axes {axes}: pass the vector_axes laperm was built with.')
+  return layouts
+
+
+def _sync_leaf(leaf, sorted_values, reset_value, axes):
+  """The value a sync gives ``leaf``, whose fan-in axes are ``axes``."""
   if not _is_masked(sorted_values):
     return _weight_vectors.map_vectors(
         lambda _, rows, sorted_rows: _place_rows_or_nan(rows, sorted_rows),
-        sorted_values, leaf, sorted_values)
+        sorted_values, leaf, sorted_values, vector_axes=axes)
   if not _is_masked(reset_value):
     return reset_value
   return leaf
 
 
-def _sync_update(param, sorted_values, reset_value, update):
+def _sync_update(param, sorted_values, reset_value, update, axes):
   """The update that moves ``param`` where a sync puts ``param + update``."""
   if _is_masked(sorted_values) and _is_masked(reset_value):
     return update
@@ -303,7 +368,8 @@ def _sync_update(param, sorted_values, reset_value, update):
     new = _place_rows_or_nan(target, sorted_rows)
     return (new - param_rows).astype(update_rows.dtype)
 
-  return _weight_vectors.map_vectors(sync_rows, update, param, sorted_values)
+  return _weight_vectors.map_vectors(sync_rows, update, param, sorted_values,
+                                     vector_axes=axes)
 
 
 def _place_rows_or_nan(rows: jax.Array, sorted_rows: jax.Array) -> jax.Array:
@@ -317,11 +383,12 @@ def _is_masked(x: Any) -> bool:
   return isinstance(x, optax.MaskedNode)
 
 
-def _select(fn, params, selection):
+def _select(fn, params, selection, *per_leaf):
+  """``fn(leaf, *per_leaf values)`` at selected leaves, else MaskedNode."""
   leaves, treedef = jax.tree.flatten(params)
   return treedef.unflatten([
-      fn(leaf) if selected else optax.MaskedNode()
-      for leaf, selected in zip(leaves, selection)])
+      fn(leaf, *values) if selected else optax.MaskedNode()
+      for leaf, selected, *values in zip(leaves, selection, *per_leaf)])
 
 
 def _check_sync_period(sync_period) -> None:

@@ -143,7 +143,7 @@ def test_stored_file_layout(tmp_path):
   path, params, _, _ = _exported(tmp_path, regenerate=True)
   manifest = _manifest(path)
   assert manifest['format'] == 'laperm_jax.permutations'
-  assert manifest['version'] == 1
+  assert manifest['version'] == 2
   assert manifest['init_key'] == {'impl': 'threefry2x32'}
   with np.load(path) as archive:
     files = set(archive.files)
@@ -439,7 +439,7 @@ def test_modified_one_bit_mask(tmp_path):
 
 
 @pytest.mark.parametrize('change,expected', [
-    (lambda m, _: m.update(version=2), 'version 2'),
+    (lambda m, _: m.update(version=3), 'version 3'),
     (lambda m, _: m.update(format='other'), 'not a permutation export'),
     (lambda _, dense: dense.update(encoding='zstd'),
      "['dense']: unknown encoding 'zstd'"),
@@ -501,3 +501,97 @@ def test_not_a_laperm_state_or_non_finite_params(tmp_path):
   params['conv'] = params['conv'].at[0, 0, 0, 0].set(jnp.nan)
   with pytest.raises(ValueError, match=r"\['conv'\] holds a non-finite"):
     lp.export_permutations(params, opt_state, tmp_path / 'x.npz')
+
+
+# ---------------------------------------------------------------------------
+# Layouts other than "all axes but the last".
+
+# An attention query kernel (features, heads, head_dim), a transposed
+# (out, in) kernel, and a conv kernel whose vectors are single input planes.
+LAYOUT_SHAPES = {'query': (10, 4, 3), 'transposed': (5, 9),
+                 'planes': (3, 3, 2, 4), 'bias': (4,)}
+LAYOUT = {'query': (0,), 'transposed': (1,), 'planes': (0, 1), 'bias': None}
+
+
+def _layout_init_fn(key):
+  keys = jax.random.split(key, len(LAYOUT_SHAPES))
+  return {name: jax.random.normal(k, shape)
+          for k, (name, shape) in zip(keys, LAYOUT_SHAPES.items())}
+
+
+@functools.cache
+def _layout_run():
+  return _train(_layout_init_fn(jax.random.key(0)),
+                lp.laperm(optax.adam(0.1), 3, vector_axes=LAYOUT))
+
+
+@pytest.mark.parametrize('regenerate', [False, True])
+@pytest.mark.parametrize('pack_ranks', [False, True])
+def test_layout_round_trip_is_bitwise(tmp_path, regenerate, pack_ranks):
+  params, opt_state = _layout_run()
+  path = tmp_path / 'net.npz'
+  kwargs = dict(init_fn=_layout_init_fn,
+                init_key=jax.random.key(0)) if regenerate else {}
+  lp.export_permutations(params, opt_state, path, pack_ranks=pack_ranks,
+                         vector_axes=LAYOUT, **kwargs)
+  restored = lp.restore_permutations(path, params, init_fn=_layout_init_fn)
+  synced = lp.synchronize(params, opt_state, vector_axes=LAYOUT)
+  _assert_bitwise_equal(restored, synced)
+  layouts = {entry['path']: entry.get('vector_axes')
+             for entry in _manifest(path)['leaves']}
+  assert layouts == {"['bias']": None, "['planes']": [0, 1],
+                     "['query']": [0], "['transposed']": [1]}
+  # The restore read the layout from the file: each fan-in is a permutation
+  # of its initial values, which the default layout would not give.
+  initial = _layout_init_fn(jax.random.key(0))
+  for name in ('query', 'transposed', 'planes'):
+    np.testing.assert_array_equal(
+        _bits(lp.sort_vectors(restored[name], vector_axes=LAYOUT[name])),
+        _bits(lp.sort_vectors(initial[name], vector_axes=LAYOUT[name])))
+
+
+def test_layout_binary_round_trip(tmp_path):
+  params = lp.shared_value(jax.random.key(0), {'w': jnp.zeros((12, 4, 2))},
+                           0.1, keep=0.5, per_vector=True, vector_axes=(0,))
+  params, opt_state = _train(params, lp.laperm(optax.adam(0.1), 2,
+                                               vector_axes=(0,)))
+  path = tmp_path / 'agnostic.npz'
+  lp.export_permutations(params, opt_state, path, vector_axes=(0,))
+  (entry,) = _manifest(path)['leaves']
+  assert entry['encoding'] == 'binary' and entry['vector_axes'] == [0]
+  _assert_bitwise_equal(lp.restore_permutations(path, params),
+                        lp.synchronize(params, opt_state, vector_axes=(0,)))
+
+
+def test_export_without_the_layout_is_detected(tmp_path):
+  params, opt_state = _layout_run()
+  with pytest.raises(ValueError, match=r"export_permutations: .* leaf "
+                     r"\['planes'\] .* pass the vector_axes"):
+    lp.export_permutations(params, opt_state, tmp_path / 'x.npz')
+
+
+def test_version_1_files_mean_the_default_layout(tmp_path):
+  # Files written before layouts: no vector_axes, all axes but the last.
+  path, params, opt_state, _ = _exported(tmp_path)
+  manifest = _manifest(path)
+  manifest['version'] = 1
+  for entry in manifest['leaves']:
+    entry.pop('vector_axes', None)
+  _rewrite(path, manifest=manifest)
+  _assert_bitwise_equal(lp.restore_permutations(path, params),
+                        lp.synchronize(params, opt_state))
+
+
+@pytest.mark.parametrize('vector_axes, expected', [
+    (None, 'records no vector_axes'),
+    ([2], 'names axis 2, out of range'),
+    ([1, 0], 'not as sorted non-negative axes'),
+    ([], 'empty tuple'),
+])
+def test_bad_recorded_layout(tmp_path, vector_axes, expected):
+  path, params, _, _ = _exported(tmp_path)
+  manifest = _manifest(path)
+  manifest['leaves'][_leaf_index(path, 'dense')]['vector_axes'] = vector_axes
+  _rewrite(path, manifest=manifest)
+  message = _restore_error(path, params)
+  assert "['dense']" in message and expected in message

@@ -184,3 +184,115 @@ def test_train_state_step_does_not_recompile(donate):
     state = step(state, images[i * 8:i * 8 + 8], labels[i * 8:i * 8 + 8])
   assert step._cache_size() == compiled  # pylint: disable=protected-access
   assert int(state.opt_state.count) == 6
+
+
+# ---------------------------------------------------------------------------
+# Kernels whose fan-in is not "all axes but the last".
+
+_ATTENTION_LAYOUT = {'query': (0,), 'key': (0,), 'value': (0,),
+                     'out': (0, 1)}
+
+
+def _only_kernels(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path[-1].key == 'kernel', params)
+
+
+def _fan_in_profiles(params, layout):
+  """Per attention kernel, each output unit's fan-in sorted, as columns."""
+  return {module: np.sort(np.asarray(lp.as_vectors(
+      params[module]['kernel'], vector_axes=axes)), axis=0)
+          for module, axes in layout.items()}
+
+
+def _train_with_layout(model, x, target, layout, steps=9, sync_period=3):
+  """Adam inside LaPerm on an MSE loss; returns initial and synced params."""
+  params = model.init(jax.random.key(0), x)['params']
+  tx = lp.laperm(optax.adam(1e-2), sync_period, mask=_only_kernels,
+                 vector_axes=layout)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(lambda p: jnp.mean(
+        (model.apply({'params': p}, x) - target) ** 2))(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  current = params
+  for _ in range(steps):
+    current, state = step(current, state)
+  return params, lp.synchronize(current, state, vector_axes=layout)
+
+
+def _assert_fan_ins_permute(initial, synced, layout):
+  """Every output unit's fan-in holds its initial values, bit for bit."""
+  want = _fan_in_profiles(initial, layout)
+  got = _fan_in_profiles(synced, layout)
+  assert want.keys() == got.keys() and want
+  for module in want:
+    np.testing.assert_array_equal(got[module].view(np.uint32),
+                                  want[module].view(np.uint32),
+                                  err_msg=module)
+    moved = np.asarray(synced[module]['kernel'] != initial[module]['kernel'])
+    assert moved.mean() > 0.1, (module, moved.mean())  # It did reconnect.
+
+
+def _attention_data():
+  x = jax.random.normal(jax.random.key(1), (8, 5, 16))
+  return x, jnp.roll(x, 1, axis=1)
+
+
+def test_attention_fan_in_vectors_stay_permutations_of_their_init():
+  model = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32)
+  x, target = _attention_data()
+  initial, synced = _train_with_layout(model, x, target, _ATTENTION_LAYOUT)
+  assert initial['query']['kernel'].shape == (16, 4, 8)
+  assert initial['out']['kernel'].shape == (4, 8, 16)
+  _assert_fan_ins_permute(initial, synced, _ATTENTION_LAYOUT)
+  # Biases follow Adam alone: not selected, so the out bias's (0, 1), which
+  # has no axis 1, is never read.
+  assert not np.array_equal(synced['out']['bias'], initial['out']['bias'])
+
+
+def test_derived_layout_drives_laperm_directly():
+  # lp.derive_vector_axes returns the params' structure with sorted tuples
+  # or None at its leaves: laperm and synchronize take it as it is, and it
+  # trains bit for bit as the layout given by hand.
+  model = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32)
+  x, target = _attention_data()
+  params = model.init(jax.random.key(0), x)['params']
+  derived = lp.derive_vector_axes(
+      lambda p, x: model.apply({'params': p}, x), params, x,
+      unknown='default')
+  assert derived['query']['kernel'] == (0,)
+  assert derived['out']['kernel'] == (0, 1)
+  _, by_hand = _train_with_layout(model, x, target, _ATTENTION_LAYOUT)
+  _, from_derived = _train_with_layout(model, x, target, derived)
+  chex.assert_trees_all_equal(from_derived, by_hand)
+
+
+def test_attention_with_the_default_layout_moves_weights_between_heads():
+  # Why the layout matters: a default sync permutes whole (features, heads)
+  # slices, so the (head, dim) fan-ins are not permutations of their init.
+  model = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32)
+  x, target = _attention_data()
+  initial, synced = _train_with_layout(model, x, target, None)
+  want = _fan_in_profiles(initial, _ATTENTION_LAYOUT)
+  got = _fan_in_profiles(synced, _ATTENTION_LAYOUT)
+  for module in ('query', 'key', 'value'):
+    assert not np.array_equal(got[module], want[module]), module
+
+
+def test_dense_general_fan_in_vectors_stay_permutations_of_their_init():
+  model = nn.DenseGeneral(features=(4, 8), axis=(-2, -1))
+  x = jax.random.normal(jax.random.key(1), (16, 3, 5))
+  target = jnp.tanh(jnp.einsum('bij,ijk->bk', x, jnp.ones((3, 5, 32)))
+                    ).reshape(16, 4, 8)
+  layout = {'kernel': (0, 1), 'bias': None}
+  initial, synced = _train_with_layout(model, x, target, layout)
+  assert initial['kernel'].shape == (3, 5, 4, 8)
+  want = np.sort(np.asarray(initial['kernel']).reshape(15, 32), axis=0)
+  got = np.sort(np.asarray(synced['kernel']).reshape(15, 32), axis=0)
+  np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+  assert np.mean(np.asarray(synced['kernel'] != initial['kernel'])) > 0.1

@@ -554,3 +554,170 @@ def test_state_adds_one_copy_of_the_permuted_leaves_and_two_counters():
   extra = nbytes(lp.laperm(inner, 5).init(params)) - nbytes(inner.init(params))
   permuted = {k: v for k, v in params.items() if v.ndim >= 2}
   assert extra == nbytes(permuted) + 2 * 4
+
+
+# ---------------------------------------------------------------------------
+# Layouts: weight vectors other than "all axes but the last".
+
+# An attention query kernel (features, heads, head_dim), an attention output
+# kernel (heads, head_dim, features), a transposed (out, in) kernel and a
+# Dense kernel left to the default.
+_LAYOUT = {'query': (0,), 'out': (0, 1), 'transposed': (-1,), 'dense': None,
+           'bias': None}
+_PERMUTED = ('query', 'out', 'transposed', 'dense')
+
+
+def _layout_params(key=0):
+  shapes = {'query': (6, 4, 3), 'out': (4, 3, 6), 'transposed': (5, 7),
+            'dense': (8, 6), 'bias': (6,)}
+  keys = jax.random.split(jax.random.key(key), len(shapes))
+  return {name: jax.random.normal(k, shape)
+          for k, (name, shape) in zip(keys, shapes.items())}
+
+
+def _vectors(leaf, name):
+  return np.asarray(lp.as_vectors(leaf, vector_axes=_LAYOUT[name]))
+
+
+@pytest.mark.parametrize('jit', [False, True])
+@pytest.mark.parametrize('sync_period', [1, 3])
+def test_layout_sync_places_each_fan_in_in_rank_order(sync_period, jit):
+  params = _layout_params()
+  tx = lp.laperm(optax.adam(0.1), sync_period, vector_axes=_LAYOUT)
+  state = tx.init(params)
+  update = jax.jit(tx.update) if jit else tx.update
+  for step in range(1, 2 * sync_period + 1):
+    grads = _grads(params, step)
+    inner_updates, _ = optax.adam(0.1).update(grads, state.inner_state,
+                                              params)
+    targets = optax.apply_updates(params, inner_updates)
+    updates, state = update(grads, state, params)
+    applied = optax.apply_updates(params, updates)
+    exact = lp.synchronize(applied, state, vector_axes=_LAYOUT)
+    for name in _PERMUTED:
+      sorted_init = state.sorted_init[name]
+      chex.assert_trees_all_equal(
+          lp.sort_vectors(exact[name], vector_axes=_LAYOUT[name]),
+          sorted_init)
+      if step % sync_period == 0:
+        order = np.argsort(_vectors(targets[name], name), axis=0,
+                           kind='stable')
+        chex.assert_trees_all_equal(
+            np.take_along_axis(_vectors(exact[name], name), order, axis=0),
+            _vectors(sorted_init, name))
+        _assert_within_one_addition(applied[name], exact[name],
+                                    params[name])
+    params = applied
+
+
+def test_layout_state_holds_fan_ins_sorted():
+  params = _layout_params()
+  state = lp.laperm(optax.sgd(0.1), 2, vector_axes=_LAYOUT).init(params)
+  for name in _PERMUTED:
+    chex.assert_trees_all_equal(
+        _vectors(state.sorted_init[name], name),
+        np.sort(_vectors(params[name], name), axis=0))
+  assert isinstance(state.sorted_init['bias'], optax.MaskedNode)
+
+
+def test_default_layout_equals_explicit_trailing_axes_bitwise():
+  params = _params()
+  trailing = {'bias': None, 'dense': (0,), 'general': (0, 1),
+              'conv': (0, 1, 2), 'conv3d': (-5, -4, -3, -2)}
+  results = []
+  for vector_axes in (None, trailing):
+    tx = lp.laperm(optax.adam(0.1), 2, vector_axes=vector_axes)
+    current, state = params, tx.init(params)
+    for step in range(4):
+      updates, state = tx.update(_grads(params, step), state, current)
+      current = optax.apply_updates(current, updates)
+    results.append((current, state,
+                    lp.synchronize(current, state, vector_axes=vector_axes)))
+  chex.assert_trees_all_equal(*results)
+
+
+def test_synchronize_without_the_layout_is_detected():
+  params = _layout_params()
+  tx = lp.laperm(optax.sgd(0.1), 2, vector_axes=_LAYOUT)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"synchronize: .* leaf \['query'\] .* "
+                     'pass the vector_axes laperm was built with'):
+    lp.synchronize(params, state)
+  # Inside jit the values cannot be checked: the layout is the caller's.
+  jax.jit(lp.synchronize)(params, state)
+
+
+def test_layout_callable_and_prefix_give_the_same_syncs():
+  params = _layout_params()
+
+  def by_path(path, leaf):
+    del leaf  # Only the path decides here.
+    return _LAYOUT.get(path[0].key)
+
+  results = []
+  for vector_axes in (_LAYOUT, by_path):
+    tx = lp.laperm(optax.adam(0.1), 1, vector_axes=vector_axes)
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(_grads(params, 1), state, params)
+    results.append((updates, state))
+  chex.assert_trees_all_equal(*results)
+
+
+@pytest.mark.parametrize('vector_axes, message', [
+    ({'query': (3,)}, r"laperm: leaf \['query'\]: vector_axes \(3,\) names "
+     'axis 3, out of range'),
+    ((0, 0), r"laperm: leaf \['dense'\]: .* names an axis twice"),
+    ({'query': ()}, r"laperm: leaf \['query'\]: vector_axes is an empty"),
+    ({'query': (0.0,)}, r"laperm: leaf \['query'\]: vector_axes must be a "
+     'tuple of ints'),
+    ({'query': (0,), 'nope': None}, 'laperm: vector_axes does not match the '
+     'structure of params'),
+])
+def test_bad_layout_is_rejected_at_init(vector_axes, message):
+  params = {'query': jnp.ones((6, 4, 3)), 'dense': jnp.ones((8, 6)),
+            'bias': jnp.ones(6)}
+  if isinstance(vector_axes, dict):
+    vector_axes = {'dense': None, 'bias': None, **vector_axes}
+  with pytest.raises(ValueError, match=message):
+    lp.laperm(optax.sgd(0.1), 2, vector_axes=vector_axes).init(params)
+
+
+def test_layout_of_unselected_leaves_is_not_read():
+  # (0, 1) does not fit the 1-D bias, which the default mask leaves out.
+  params = {'kernel': jnp.ones((4, 3, 2)), 'bias': jnp.ones(2)}
+  lp.laperm(optax.sgd(0.1), 2, vector_axes=(0, 1)).init(params)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float32])
+def test_layout_under_multi_steps(dtype):
+  params = jax.tree.map(lambda x: x.astype(dtype), _layout_params())
+  tx = optax.MultiSteps(lp.laperm(optax.adam(0.1), 2, vector_axes=_LAYOUT),
+                        every_k_schedule=3)
+  state = jax.jit(tx.init)(params)
+  update = jax.jit(tx.update)
+  for step in range(1, 7):
+    updates, state = update(_grads(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+  assert int(state.inner_opt_state.steps_since_sync) == 0  # It synced.
+  exact = lp.synchronize(params, state, vector_axes=_LAYOUT)
+  for name in _PERMUTED:
+    chex.assert_trees_all_equal(
+        lp.sort_vectors(exact[name], vector_axes=_LAYOUT[name]),
+        state.inner_opt_state.sorted_init[name])
+
+
+def test_layout_under_inject_hyperparams():
+  tx = optax.inject_hyperparams(lp.laperm)(
+      inner=optax.sgd(0.1), sync_period=3, vector_axes=_LAYOUT)
+  params = _layout_params()
+  state = tx.init(params)
+  state.hyperparams['sync_period'] = jnp.asarray(2.0)
+  for step in range(1, 5):
+    updates, state = tx.update(_grads(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+  assert int(state.inner_state.steps_since_sync) == 0
+  exact = lp.synchronize(params, state, vector_axes=_LAYOUT)
+  for name in _PERMUTED:
+    chex.assert_trees_all_equal(
+        lp.sort_vectors(exact[name], vector_axes=_LAYOUT[name]),
+        state.inner_state.sorted_init[name])
