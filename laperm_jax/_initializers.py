@@ -69,6 +69,7 @@ def random_prune(
     first_layer: Optional[str] = None,
     first_layer_max: Optional[float] = 0.2,
     per_vector: bool = False,
+    vector_axes: _weight_vectors.VectorAxes = None,
 ) -> PruneResult:
   """Sets a random fraction of the selected weights to zero (Section 5.4).
 
@@ -108,6 +109,10 @@ def random_prune(
       applies no cap (Section 5.5's F2 pruned its first layer by 93%).
     per_vector: Whether to choose the zeros per weight vector (every vector
       gets the same number) rather than per leaf.
+    vector_axes: Which axes of each selected leaf form one weight vector, as
+      :func:`laperm_jax.laperm` takes it (default: all axes but the last);
+      pass the layout LaPerm will train with. It matters with
+      ``per_vector``; it is checked for every selected leaf either way.
 
   Returns:
     A :class:`PruneResult`: the pruned params, the rate applied per leaf, and
@@ -130,6 +135,8 @@ def random_prune(
   names = [jax.tree_util.keystr(path) for path, _ in flat]
   selected = _masks.selected_leaves(mask, params, 'mask')
   _check_selected_leaves('random_prune', flat, selected)
+  layouts = _weight_vectors.checked_layouts('random_prune', vector_axes,
+                                            params, selected)
   if rates is not None and size_aware:
     raise ValueError(
         'random_prune: pass either rates or size_aware=True, not both.')
@@ -156,12 +163,13 @@ def random_prune(
 
   keys = jax.random.split(key, len(flat))
   chosen = [i for i, is_selected in enumerate(selected) if is_selected]
-  counts = [_subset_count(jnp.shape(flat[i][1]), leaf_rates[i], per_vector)
-            for i in chosen]
+  counts = [_subset_count(jnp.shape(flat[i][1]), leaf_rates[i], per_vector,
+                          layouts[i]) for i in chosen]
   new_leaves = [leaf for _, leaf in flat]
   pruned_leaves = _fill_random_subsets(
       [keys[i] for i in chosen], [new_leaves[i] for i in chosen],
-      [count for count, _ in counts], None, per_vector=per_vector)
+      [count for count, _ in counts], None, per_vector=per_vector,
+      layouts=tuple(layouts[i] for i in chosen))
   num_pruned = [jnp.zeros([], jnp.int32)] * len(flat)
   for i, leaf, (_, total) in zip(chosen, pruned_leaves, counts):
     new_leaves[i], num_pruned[i] = leaf, total
@@ -238,6 +246,7 @@ def shared_value(
     *,
     mask: Optional[_masks.Mask] = None,
     per_vector: bool = False,
+    vector_axes: _weight_vectors.VectorAxes = None,
 ) -> optax.Params:
   """Weight-agnostic initial weights: every selected weight is 0 or ``value``.
 
@@ -263,6 +272,10 @@ def shared_value(
       with ``ndim >= 2`` (kernels); the others are returned unchanged.
     per_vector: Whether to choose the kept entries per weight vector (every
       vector holds the same number of them) rather than per leaf.
+    vector_axes: Which axes of each selected leaf form one weight vector, as
+      :func:`laperm_jax.laperm` takes it (default: all axes but the last);
+      pass the layout LaPerm will train with. It matters with
+      ``per_vector``; it is checked for every selected leaf either way.
 
   Returns:
     The params with every selected leaf holding only 0 and ``value``.
@@ -287,6 +300,8 @@ def shared_value(
   names = [jax.tree_util.keystr(path) for path, _ in flat]
   selected = _masks.selected_leaves(mask, params, 'mask')
   _check_selected_leaves('shared_value', flat, selected)
+  layouts = _weight_vectors.checked_layouts('shared_value', vector_axes,
+                                            params, selected)
   keeps = _masks.per_leaf(keep, params, 'keep')
   for name, leaf_keep, is_selected in zip(names, keeps, selected):
     if is_selected:
@@ -297,21 +312,22 @@ def shared_value(
   new_leaves = [leaf for _, leaf in flat]
   filled = _fill_random_subsets(
       [keys[i] for i in chosen], [new_leaves[i] for i in chosen],
-      [_subset_count(jnp.shape(new_leaves[i]), keeps[i], per_vector)[0]
-       for i in chosen],
+      [_subset_count(jnp.shape(new_leaves[i]), keeps[i], per_vector,
+                     layouts[i])[0] for i in chosen],
       # Cast here, once from the Python number, so bfloat16 leaves get
       # `value` rounded once.
       [jnp.asarray(value, new_leaves[i].dtype) for i in chosen],
-      per_vector=per_vector)
+      per_vector=per_vector, layouts=tuple(layouts[i] for i in chosen))
   for i, leaf in zip(chosen, filled):
     new_leaves[i] = leaf
   return treedef.unflatten(new_leaves)
 
 
-def _subset_count(shape, fraction, per_vector):
+def _subset_count(shape, fraction, per_vector, axes):
   """How many entries to choose: per vector (or per leaf), and in total."""
   vector_length, num_vectors = jax.eval_shape(
-      _weight_vectors.as_vectors, jax.ShapeDtypeStruct(shape, jnp.bool_)).shape
+      lambda leaf: _weight_vectors.as_vectors(leaf, vector_axes=axes),
+      jax.ShapeDtypeStruct(shape, jnp.bool_)).shape
   if per_vector:
     count = _round_count(fraction, vector_length)
     return count, jnp.asarray(count, jnp.int32) * num_vectors
@@ -321,16 +337,17 @@ def _subset_count(shape, fraction, per_vector):
 
 # One compiled function per tree of shapes: op by op, the permutations'
 # sorts and the selects each compile separately and dispatch slowly.
-@functools.partial(jax.jit, static_argnames=('per_vector',))
-def _fill_random_subsets(keys, leaves, counts, values, *, per_vector):
+@functools.partial(jax.jit, static_argnames=('per_vector', 'layouts'))
+def _fill_random_subsets(keys, leaves, counts, values, *, per_vector, layouts):
   """Per leaf, a uniformly random subset of exactly ``count`` entries.
 
   With ``values`` None (pruning), the subset is set to 0 and the rest kept;
   otherwise the subset is set to the leaf's value and the rest to 0.
   """
   filled = []
-  for index, (key, leaf, count) in enumerate(zip(keys, leaves, counts)):
-    subset = _random_subset(key, count, leaf.shape, per_vector)
+  for index, (key, leaf, count, axes) in enumerate(
+      zip(keys, leaves, counts, layouts)):
+    subset = _random_subset(key, count, leaf.shape, per_vector, axes)
     zero = jnp.zeros([], leaf.dtype)
     if values is None:
       filled.append(jnp.where(subset, zero, leaf))
@@ -344,23 +361,25 @@ def _count_nonzero(leaves):
   return [jnp.count_nonzero(leaf).astype(jnp.int32) for leaf in leaves]
 
 
-def _random_subset(key, count, shape, per_vector):
+def _random_subset(key, count, shape, per_vector, axes):
   """A bool array of ``shape`` with exactly ``count`` True entries.
 
   The True entries form a uniformly random subset of the array, or of each
-  weight vector with ``per_vector``. Every entry draws a distinct random
-  position (a random permutation) and the entries whose position falls
-  below ``count`` are chosen, so ``count`` may be a traced value.
+  weight vector (fan-in axes ``axes``) with ``per_vector``. Every entry
+  draws a distinct random position (a random permutation) and the entries
+  whose position falls below ``count`` are chosen, so ``count`` may be a
+  traced value.
   """
   if not per_vector:
     return jax.random.permutation(key, math.prod(shape)).reshape(shape) < count
   vector_length, num_vectors = _weight_vectors.as_vectors(
-      jnp.zeros(shape, jnp.bool_)).shape
+      jnp.zeros(shape, jnp.bool_), vector_axes=axes).shape
   positions = jnp.broadcast_to(
       jnp.arange(vector_length, dtype=jnp.int32)[:, None],
       (vector_length, num_vectors))
   positions = jax.random.permutation(key, positions, axis=0, independent=True)
-  return _weight_vectors.from_vectors(positions < count, shape)
+  return _weight_vectors.from_vectors(positions < count, shape,
+                                     vector_axes=axes)
 
 
 def _round_count(fraction, size):

@@ -284,3 +284,99 @@ def test_laperm_keeps_the_exact_multiset_through_syncs(make_initial):
                                   profiles[name]['kernel'])
       moved |= bool(jnp.any(synced[name]['kernel'] != initial[name]['kernel']))
   assert moved  # The zeros (or values) were really reconnected.
+
+
+# ---------------------------------------------------------------------------
+# Layouts: per-vector promises hold for the weight vectors of the layout.
+
+_ATTENTION = {
+    'query': {'kernel': jnp.ones((10, 4, 3)), 'bias': jnp.ones((4, 3))},
+    'out': {'kernel': jnp.ones((4, 3, 10)), 'bias': jnp.ones(10)}}
+_ATTENTION_LAYOUT = {'query': (0,), 'out': (0, 1)}
+
+
+@pytest.mark.parametrize('rate', [0.3, 0.5])
+def test_prune_per_vector_under_a_layout(rate):
+  mask = {'query': {'kernel': True, 'bias': False},
+          'out': {'kernel': True, 'bias': False}}
+  result = lp.random_prune(jax.random.key(0), _ATTENTION, rate, mask=mask,
+                           first_layer_max=None, per_vector=True,
+                           vector_axes=_ATTENTION_LAYOUT)
+  for module, axes in _ATTENTION_LAYOUT.items():
+    vectors = np.asarray(lp.as_vectors(result.params[module]['kernel'],
+                                       vector_axes=axes))
+    # Every (head, dim) fan-in of the query kernel (10 long), every output
+    # feature's fan-in of the out kernel (12 long).
+    expected = _rounded(rate, vectors.shape[0])
+    np.testing.assert_array_equal(np.sum(vectors == 0, axis=0), expected)
+    assert int(result.num_pruned[module]['kernel']) == expected * (
+        vectors.shape[1])
+  # Pruned per default vector ((features, heads) slices), the (head, dim)
+  # fan-ins get unequal numbers of zeros.
+  default = lp.random_prune(jax.random.key(0), _ATTENTION, rate, mask=mask,
+                            first_layer_max=None, per_vector=True).params
+  fan_ins = np.asarray(lp.as_vectors(default['query']['kernel'],
+                                     vector_axes=(0,)))
+  assert len(set(np.sum(fan_ins == 0, axis=0).tolist())) > 1
+
+
+def test_shared_value_per_vector_under_a_layout():
+  agnostic = lp.shared_value(jax.random.key(1), {'w': jnp.zeros((9, 4, 5))},
+                             0.25, keep=1 / 3, per_vector=True,
+                             vector_axes=(0,))
+  vectors = np.asarray(lp.as_vectors(agnostic['w'], vector_axes=(0,)))
+  assert vectors.shape == (9, 20)
+  np.testing.assert_array_equal(np.sum(vectors != 0, axis=0), 3)
+  assert set(np.unique(vectors).tolist()) == {0.0, 0.25}
+
+
+def test_layout_does_not_change_whole_leaf_choices():
+  # Without per_vector the zeros are chosen over the whole leaf: bitwise
+  # the same for any layout.
+  params = {'w': jnp.asarray(np.linspace(0.5, 1.0, 60, dtype=np.float32)
+                             .reshape(5, 3, 4))}
+  results = [lp.random_prune(jax.random.key(3), params, 0.4,
+                             first_layer_max=None, vector_axes=axes).params
+             for axes in (None, (0,), (1, 2))]
+  chex.assert_trees_all_equal(*results)
+
+
+@pytest.mark.parametrize('fn', ['random_prune', 'shared_value'])
+def test_bad_layout_is_named(fn):
+  params = {'w': jnp.ones((5, 3, 4)), 'b': jnp.ones(4)}
+  call = {'random_prune': lambda axes: lp.random_prune(
+              jax.random.key(0), params, 0.5, vector_axes=axes),
+          'shared_value': lambda axes: lp.shared_value(
+              jax.random.key(0), params, 0.1, 0.5, vector_axes=axes)}[fn]
+  with pytest.raises(ValueError, match=fn + r": leaf \['w'\]: vector_axes "
+                     r'\(3,\) names axis 3'):
+    call({'w': (3,), 'b': None})
+  with pytest.raises(ValueError, match=fn + ': vector_axes does not match'):
+    call({'w': (0,)})
+  # The bias is not selected, so its layout is not read.
+  call({'w': (0,), 'b': (5,)})
+
+
+def test_laperm_keeps_per_vector_zeros_under_a_layout():
+  # Pruned per (head, dim) fan-in, trained with the same layout: every
+  # fan-in keeps its zeros through the syncs.
+  params = {'query': jax.random.uniform(jax.random.key(0), (10, 4, 3),
+                                        minval=0.5)}
+  layout = {'query': (0,)}
+  initial = lp.random_prune(jax.random.key(1), params, 0.5,
+                            first_layer_max=None, per_vector=True,
+                            vector_axes=layout).params
+  tx = lp.laperm(optax.adam(0.1), 2, vector_axes=layout)
+  state = tx.init(initial)
+  current = initial
+  for step in range(4):
+    grads = {'query': jax.random.normal(jax.random.key(step), (10, 4, 3))}
+    updates, state = tx.update(grads, state, current)
+    current = optax.apply_updates(current, updates)
+  synced = lp.synchronize(current, state, vector_axes=layout)
+  vectors = np.asarray(lp.as_vectors(synced['query'], vector_axes=(0,)))
+  np.testing.assert_array_equal(np.sum(vectors == 0, axis=0), 5)
+  chex.assert_trees_all_equal(
+      lp.sort_vectors(synced['query'], vector_axes=(0,)),
+      lp.sort_vectors(initial['query'], vector_axes=(0,)))
+  assert bool(jnp.any(synced['query'] != initial['query']))
