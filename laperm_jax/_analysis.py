@@ -1,10 +1,12 @@
 """The paper's analyses: weight profiles, ranking distance, permutation cycles.
 
 All of them work per weight vector, with the convention of
-:mod:`laperm_jax._weight_vectors` (for a leaf of shape ``(..., out)``, all
-axes but the last, flattened), so they apply to leaves of any rank exactly as
-the transformation does. Ranks are stable: equal values (pruned zeros, shared
-values) are ranked by position, so every result here is deterministic.
+:mod:`laperm_jax._weight_vectors` (by default all axes but the last of a
+leaf, flattened; ``vector_axes=`` names the fan-in axes where that is not
+the fan-in, e.g. attention kernels), so they apply to leaves of any rank
+exactly as the transformation does, given the layout it was given. Ranks
+are stable: equal values (pruned zeros, shared values) are ranked by
+position, so every result here is deterministic.
 """
 
 import math
@@ -54,11 +56,17 @@ class CycleSummary(NamedTuple):
   fraction_moved: np.ndarray
 
 
-def weight_profiles(params: optax.Params) -> optax.Params:
+def weight_profiles(
+    params: optax.Params,
+    *,
+    vector_axes: _weight_vectors.VectorAxes = None,
+) -> optax.Params:
   """Every weight vector of every leaf sorted ascending (Section 2).
 
   Args:
     params: A tree of arrays.
+    vector_axes: Which axes of each leaf form one weight vector, in any form
+      :func:`laperm_jax.laperm` takes; default: all axes but the last.
 
   Returns:
     A tree like ``params``: each leaf of rank >= 1 with its weight vectors
@@ -71,12 +79,21 @@ def weight_profiles(params: optax.Params) -> optax.Params:
     Array([[1., 0.],
            [3., 2.]], dtype=float32)
   """
-  return jax.tree.map(
-      lambda leaf: _weight_vectors.sort_vectors(leaf)
-      if jnp.ndim(leaf) else optax.MaskedNode(), params)
+  leaves, treedef = jax.tree.flatten(params)
+  layouts = _weight_vectors.checked_layouts(
+      'weight_profiles', vector_axes, params,
+      [jnp.ndim(leaf) > 0 for leaf in leaves])
+  return treedef.unflatten([
+      optax.MaskedNode() if axes is None
+      else _weight_vectors.sort_vectors(leaf, vector_axes=axes)
+      for leaf, axes in zip(leaves, layouts)])
 
 
-def weight_statistics(leaf: jax.Array) -> dict[str, jax.Array]:
+def weight_statistics(
+    leaf: jax.Array,
+    *,
+    vector_axes: _weight_vectors.LeafAxes = None,
+) -> dict[str, jax.Array]:
   """Per weight vector: minimum, 15th, 50th and 85th percentiles, maximum.
 
   These are the distribution statistics the paper follows over training
@@ -85,6 +102,8 @@ def weight_statistics(leaf: jax.Array) -> dict[str, jax.Array]:
 
   Args:
     leaf: An array of rank >= 1.
+    vector_axes: The leaf's fan-in axes, a tuple of ints (e.g. ``(0,)`` for
+      an attention query kernel); default: all axes but the last.
 
   Returns:
     A dict with keys ``'min'``, ``'p15'``, ``'p50'``, ``'p85'``, ``'max'``,
@@ -106,7 +125,8 @@ def weight_statistics(leaf: jax.Array) -> dict[str, jax.Array]:
   _check_not_scalar('weight_statistics', 'leaf', leaf)
   dtype = jnp.promote_types(leaf.dtype, jnp.float32)
   profile = _weight_vectors.as_vectors(
-      _weight_vectors.sort_vectors(leaf)).astype(dtype)
+      _weight_vectors.sort_vectors(leaf, vector_axes=vector_axes),
+      vector_axes=vector_axes).astype(dtype)
   stats = {'min': profile[0]}
   for name, percentile in _PERCENTILES.items():
     stats[name] = _interpolate_sorted(profile, percentile)
@@ -114,12 +134,20 @@ def weight_statistics(leaf: jax.Array) -> dict[str, jax.Array]:
   return stats
 
 
-def ranking_distances(before: optax.Params, after: optax.Params) -> optax.Params:
+def ranking_distances(
+    before: optax.Params,
+    after: optax.Params,
+    *,
+    vector_axes: _weight_vectors.VectorAxes = None,
+) -> optax.Params:
   """Per entry, how far its rank within its weight vector moved (Section 3).
 
   Args:
     before: A tree of arrays.
     after: A tree with the structure and shapes of ``before``.
+    vector_axes: Which axes of each leaf form one weight vector, in any form
+      :func:`laperm_jax.laperm` takes (read against ``before``); default:
+      all axes but the last.
 
   Returns:
     A tree like ``before``: for each leaf of rank >= 1, an int32 array of its
@@ -133,17 +161,24 @@ def ranking_distances(before: optax.Params, after: optax.Params) -> optax.Params
     >>> lp.ranking_distances(jnp.array([1., 2., 3.]), jnp.array([3., 2., 1.]))
     Array([2, 0, 2], dtype=int32)
   """
-  def distances(path, leaf_before, leaf_after):
+  def distances(path, leaf_before, leaf_after, axes):
     _check_same_shape(path, leaf_before, leaf_after)
-    if jnp.ndim(leaf_before) == 0:
+    if axes is None:
       return optax.MaskedNode()
-    return jnp.abs(_weight_vectors.ranks(leaf_before) -
-                   _weight_vectors.ranks(leaf_after))
+    return jnp.abs(_weight_vectors.ranks(leaf_before, vector_axes=axes) -
+                   _weight_vectors.ranks(leaf_after, vector_axes=axes))
 
-  return _map_pairs('ranking_distances', distances, before, after)
+  return _map_pairs('ranking_distances', distances, before, after,
+                    _non_scalar_layouts('ranking_distances', vector_axes,
+                                        before))
 
 
-def ranking_distance(before: optax.Params, after: optax.Params) -> optax.Params:
+def ranking_distance(
+    before: optax.Params,
+    after: optax.Params,
+    *,
+    vector_axes: _weight_vectors.VectorAxes = None,
+) -> optax.Params:
   """Mean and standard deviation of the ranking distance, per leaf (A.3).
 
   The ranking distance of an entry is ``|rank_before - rank_after|`` within
@@ -155,6 +190,8 @@ def ranking_distance(before: optax.Params, after: optax.Params) -> optax.Params:
   Args:
     before: A tree of arrays, e.g. the params at one epoch.
     after: A tree with the structure and shapes of ``before``.
+    vector_axes: Which axes of each leaf form one weight vector, as
+      :func:`ranking_distances` takes it; it also gives the vector length.
 
   Returns:
     A tree like ``before`` holding a :class:`RankingDistance` of float32
@@ -177,19 +214,30 @@ def ranking_distance(before: optax.Params, after: optax.Params) -> optax.Params:
     Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
   """
-  def summarize(distances):
-    if isinstance(distances, optax.MaskedNode):
+  layouts = _non_scalar_layouts('ranking_distance', vector_axes, before)
+  distance_leaves, treedef = jax.tree.flatten(
+      ranking_distances(before, after, vector_axes=vector_axes),
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+
+  def summarize(distances, axes):
+    if axes is None:
       return distances
-    vector_length = _weight_vectors.as_vectors(distances).shape[0]
+    vector_length = _weight_vectors.as_vectors(
+        distances, vector_axes=axes).shape[0]
     distances = distances.astype(jnp.float32)
     return RankingDistance(mean=jnp.mean(distances) / vector_length,
                            std=jnp.std(distances) / vector_length)
 
-  return jax.tree.map(summarize, ranking_distances(before, after),
-                      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  return treedef.unflatten([summarize(distances, axes) for distances, axes
+                            in zip(distance_leaves, layouts)])
 
 
-def permutation_between(before: jax.Array, after: jax.Array) -> jax.Array:
+def permutation_between(
+    before: jax.Array,
+    after: jax.Array,
+    *,
+    vector_axes: _weight_vectors.LeafAxes = None,
+) -> jax.Array:
   """The permutation of each weight vector that turns ``before`` into ``after``.
 
   For two synced states of a leaf (each weight vector a permutation of the
@@ -204,10 +252,13 @@ def permutation_between(before: jax.Array, after: jax.Array) -> jax.Array:
     after: An array of the same shape whose every weight vector holds the
       same values as ``before``'s (checked when the arrays are concrete;
       ``0.0`` and ``-0.0`` count as equal).
+    vector_axes: The leaf's fan-in axes, a tuple of ints; default: all axes
+      but the last.
 
   Returns:
     An int32 array of ``before``'s shape: per weight vector, indices into
-    that vector (from 0 to ``vector_length - 1``).
+    that vector (from 0 to ``vector_length - 1``, positions in its column
+    of ``lp.as_vectors(..., vector_axes=vector_axes)``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -222,16 +273,20 @@ def permutation_between(before: jax.Array, after: jax.Array) -> jax.Array:
   before, after = jnp.asarray(before), jnp.asarray(after)
   _check_not_scalar('permutation_between', 'before', before)
   _check_same_shape((), before, after)
-  _check_same_values(before, after)
-  rank_before = _weight_vectors.as_vectors(_weight_vectors.ranks(before))
-  rank_after = _weight_vectors.as_vectors(_weight_vectors.ranks(after))
+  axes = _weight_vectors.fan_in_axes(before.shape, vector_axes,
+                                     where='permutation_between: before')
+  _check_same_values(before, after, axes)
+  rank_before = _weight_vectors.as_vectors(
+      _weight_vectors.ranks(before, vector_axes=axes), vector_axes=axes)
+  rank_after = _weight_vectors.as_vectors(
+      _weight_vectors.ranks(after, vector_axes=axes), vector_axes=axes)
   # position_of_rank[r] is where rank r sits in `before`; the entry of rank r
   # in `after` is that one (the same value, ties matched in order).
   positions = jax.lax.broadcasted_iota(jnp.int32, rank_before.shape, 0)
   position_of_rank = jnp.put_along_axis(
       jnp.zeros_like(positions), rank_before, positions, axis=0, inplace=False)
   source = jnp.take_along_axis(position_of_rank, rank_after, axis=0)
-  return _weight_vectors.from_vectors(source, before.shape)
+  return _weight_vectors.from_vectors(source, before.shape, vector_axes=axes)
 
 
 def permutation_cycles(permutation: Any) -> list[np.ndarray]:
@@ -283,13 +338,20 @@ def permutation_cycles(permutation: Any) -> list[np.ndarray]:
   return cycles
 
 
-def cycle_summary(before: jax.Array, after: jax.Array) -> CycleSummary:
+def cycle_summary(
+    before: jax.Array,
+    after: jax.Array,
+    *,
+    vector_axes: _weight_vectors.LeafAxes = None,
+) -> CycleSummary:
   """Cycle statistics of the permutation of every weight vector of a leaf.
 
   Args:
     before: An array of rank >= 1, e.g. a kernel right after one sync.
     after: The same kernel after the next sync (the same values in every
       weight vector, in another order).
+    vector_axes: The leaf's fan-in axes, a tuple of ints; default: all axes
+      but the last.
 
   Returns:
     A :class:`CycleSummary` of numpy arrays of shape ``(num_vectors,)``.
@@ -305,7 +367,8 @@ def cycle_summary(before: jax.Array, after: jax.Array) -> CycleSummary:
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020 (A.4)
   """
   source = np.asarray(_weight_vectors.as_vectors(
-      permutation_between(before, after)))
+      permutation_between(before, after, vector_axes=vector_axes),
+      vector_axes=vector_axes))
   num_cycles, longest_cycle = [], []
   for vector in source.T:
     lengths = [len(cycle) for cycle in permutation_cycles(vector)]
@@ -326,8 +389,15 @@ def _interpolate_sorted(profile: jax.Array, percentile: float) -> jax.Array:
   return profile[below] + fraction * (profile[above] - profile[below])
 
 
-def _map_pairs(function, fn, before, after):
-  """``fn(path, leaf_before, leaf_after)`` over two trees of one structure."""
+def _non_scalar_layouts(function, vector_axes, params):
+  """Per leaf, its checked fan-in axes; None for scalars, which are skipped."""
+  return _weight_vectors.checked_layouts(
+      function, vector_axes, params,
+      [jnp.ndim(leaf) > 0 for leaf in jax.tree.leaves(params)])
+
+
+def _map_pairs(function, fn, before, after, layouts):
+  """``fn(path, leaf_before, leaf_after, axes)`` over two trees alike."""
   flat_before, treedef = jax.tree_util.tree_flatten_with_path(before)
   flat_after, treedef_after = jax.tree_util.tree_flatten_with_path(after)
   if treedef != treedef_after:
@@ -335,8 +405,9 @@ def _map_pairs(function, fn, before, after):
         f'{function}: before and after have different structures: {treedef} '
         f'and {treedef_after}.')
   return treedef.unflatten([
-      fn(path, leaf_before, leaf_after)
-      for (path, leaf_before), (_, leaf_after) in zip(flat_before, flat_after)
+      fn(path, leaf_before, leaf_after, axes)
+      for (path, leaf_before), (_, leaf_after), axes in zip(
+          flat_before, flat_after, layouts)
   ])
 
 
@@ -354,14 +425,15 @@ def _check_not_scalar(function, name, leaf):
         f'{function}: {name} is a scalar, which holds no weight vector.')
 
 
-def _check_same_values(before, after):
+def _check_same_values(before, after, axes):
   """Raises if some weight vector of ``after`` is not one of ``before``."""
   if isinstance(before, jax.core.Tracer) or isinstance(after, jax.core.Tracer):
     return  # Inside jit the values cannot be seen; the result is garbage-in.
-  same = np.asarray(_weight_vectors.sort_vectors(before) ==
-                    _weight_vectors.sort_vectors(after))
+  same = np.asarray(_weight_vectors.sort_vectors(before, vector_axes=axes) ==
+                    _weight_vectors.sort_vectors(after, vector_axes=axes))
   if not same.all():
-    vector = int(np.argmin(np.all(_weight_vectors.as_vectors(same), axis=0)))
+    vector = int(np.argmin(np.all(
+        _weight_vectors.as_vectors(same, vector_axes=axes), axis=0)))
     raise ValueError(
         'permutation_between: after is not a permutation of before within '
         f'each weight vector (weight vector {vector} holds other values).')

@@ -34,6 +34,7 @@ def plot_weight_profiles(
     path: PathLike,
     *,
     mask: Optional[Any] = None,
+    vector_axes: _weight_vectors.VectorAxes = None,
     max_vectors: int = 100,
     figure: Optional[Any] = None,
     dpi: int = 100,
@@ -51,6 +52,8 @@ def plot_weight_profiles(
     mask: Which leaves get a panel: a tree of bools with the structure of
       ``params`` (or a prefix of it), or a callable returning one. Default:
       leaves with ``ndim >= 2`` (kernels).
+    vector_axes: Which axes of each leaf form one weight vector, in any form
+      :func:`laperm_jax.laperm` takes; default: all axes but the last.
     max_vectors: The most weight vectors drawn per panel; larger leaves show
       that many, evenly spaced over the output units.
     figure: An empty ``matplotlib.figure.Figure`` to draw into; default: a
@@ -77,23 +80,26 @@ def plot_weight_profiles(
     raise ValueError(f'max_vectors must be >= 1, got {max_vectors}.')
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   selected = _masks.selected_leaves(mask, params, 'mask')
-  panels = [(jax.tree_util.keystr(path_), leaf)
-            for (path_, leaf), is_selected in zip(flat, selected)
-            if is_selected]
-  if not panels:
+  if not any(selected):
     raise ValueError('plot_weight_profiles: no leaf is selected by mask.')
-  for name, leaf in panels:
-    if np.ndim(leaf) == 0:
+  for (path_, leaf), is_selected in zip(flat, selected):
+    if is_selected and np.ndim(leaf) == 0:
       raise ValueError(
-          f'plot_weight_profiles: leaf {name} is a scalar, which holds no '
-          'weight vector; leave it out of mask.')
+          f'plot_weight_profiles: leaf {jax.tree_util.keystr(path_)} is a '
+          'scalar, which holds no weight vector; leave it out of mask.')
+  layouts = _weight_vectors.checked_layouts('plot_weight_profiles',
+                                            vector_axes, params, selected)
+  panels = [(jax.tree_util.keystr(path_), leaf, axes)
+            for (path_, leaf), is_selected, axes in zip(flat, selected, layouts)
+            if is_selected]
   columns = math.ceil(math.sqrt(len(panels)))
   rows = math.ceil(len(panels) / columns)
   figure = _new_figure(figure, (4.5 * columns, 3.0 * rows))
   axes = figure.subplots(rows, columns, squeeze=False).ravel()
-  for ax, (name, leaf) in zip(axes, panels):
+  for ax, (name, leaf, leaf_axes) in zip(axes, panels):
     profile = np.asarray(_weight_vectors.as_vectors(
-        _weight_vectors.sort_vectors(leaf)), np.float32)
+        _weight_vectors.sort_vectors(leaf, vector_axes=leaf_axes),
+        vector_axes=leaf_axes), np.float32)
     shown = _spread(profile.shape[1], max_vectors)
     ax.plot(np.arange(profile.shape[0]), profile[:, shown], linewidth=0.8)
     ax.set_title(f'{name} {tuple(np.shape(leaf))}', fontsize=9)
@@ -198,6 +204,7 @@ def plot_permutation_cycles(
     path: PathLike,
     *,
     vector_index: int = 0,
+    vector_axes: Optional[tuple[int, ...]] = None,
     figure: Optional[Any] = None,
     dpi: int = 100,
 ) -> pathlib.Path:
@@ -217,7 +224,10 @@ def plot_permutation_cycles(
     after: The same leaf at a later sync: in every weight vector, the same
       values in another order.
     path: Where to write the image; the format follows the extension.
-    vector_index: Which weight vector (output unit) to draw.
+    vector_index: Which weight vector (output unit) to draw: a column of
+      ``lp.as_vectors(before, vector_axes=vector_axes)``.
+    vector_axes: The leaf's fan-in axes, a tuple of ints; default: all axes
+      but the last.
     figure: An empty ``matplotlib.figure.Figure`` to draw into; default: a
       new one.
     dpi: Resolution of the written image.
@@ -239,14 +249,16 @@ def plot_permutation_cycles(
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020 (A.4)
   """
   source = np.asarray(_weight_vectors.as_vectors(
-      _analysis.permutation_between(before, after)))
+      _analysis.permutation_between(before, after, vector_axes=vector_axes),
+      vector_axes=vector_axes))
   if not 0 <= vector_index < source.shape[1]:
     raise ValueError(
         f'plot_permutation_cycles: vector_index {vector_index} is out of '
         f'range for {source.shape[1]} weight vectors.')
   source = source[:, vector_index]
   rank = np.asarray(_weight_vectors.as_vectors(
-      _weight_vectors.ranks(before)))[:, vector_index]
+      _weight_vectors.ranks(before, vector_axes=vector_axes),
+      vector_axes=vector_axes))[:, vector_index]
   angle = 2 * np.pi * rank / source.size
   x, y = np.cos(angle), np.sin(angle)
   cycles = _analysis.permutation_cycles(source)

@@ -213,3 +213,88 @@ def test_permutation_between_two_laperm_syncs():
   np.testing.assert_array_equal(
       np.take_along_axis(np.asarray(first), np.asarray(source), axis=0),
       np.asarray(second))
+
+
+# ---------------------------------------------------------------------------
+# Layouts: the analyses group weights as the transformation does.
+
+# An attention query kernel (features, heads, head_dim): fan-in axis 0.
+_QUERY_SHAPE, _QUERY_AXES = (10, 4, 3), (0,)
+
+
+def _fan_ins(x):
+  """The (head, dim) fan-ins of a query kernel as columns, with NumPy."""
+  return np.asarray(x).reshape(_QUERY_SHAPE[0], -1)
+
+
+def _query_kernels(seed=0):
+  """A query kernel and a copy with every fan-in shuffled."""
+  rng = np.random.default_rng(seed)
+  before = rng.normal(size=_QUERY_SHAPE).astype(np.float32)
+  before.reshape(-1)[::4] = 0.0  # Ties, as in a pruned kernel.
+  shuffled = np.stack([rng.permutation(c) for c in _fan_ins(before).T], 1)
+  return jnp.asarray(before), jnp.asarray(shuffled.reshape(_QUERY_SHAPE))
+
+
+def test_weight_statistics_and_profiles_under_a_layout():
+  before, _ = _query_kernels()
+  stats = lp.weight_statistics(before, vector_axes=_QUERY_AXES)
+  assert stats['p50'].shape == (12,)
+  np.testing.assert_array_equal(stats['min'], _fan_ins(before).min(axis=0))
+  np.testing.assert_array_equal(stats['max'], _fan_ins(before).max(axis=0))
+  # Interpolated: a + 0.5 * (b - a) rounds otherwise than NumPy's (a + b) / 2.
+  np.testing.assert_allclose(stats['p50'], np.median(_fan_ins(before), axis=0),
+                             rtol=1e-6)
+  profiles = lp.weight_profiles({'q': before, 'scale': jnp.float32(1.0)},
+                                vector_axes={'q': _QUERY_AXES, 'scale': None})
+  np.testing.assert_array_equal(_fan_ins(profiles['q']),
+                                np.sort(_fan_ins(before), axis=0))
+  assert isinstance(profiles['scale'], optax.MaskedNode)
+
+
+def test_ranking_distances_under_a_layout():
+  before, after = _query_kernels()
+  distances = lp.ranking_distances({'q': before}, {'q': after},
+                                   vector_axes=(0,))['q']
+  brute = np.stack([
+      np.abs(_brute_force_ranks(b) - _brute_force_ranks(a))
+      for b, a in zip(_fan_ins(before).T, _fan_ins(after).T)], 1)
+  np.testing.assert_array_equal(_fan_ins(distances), brute)
+  summary = lp.ranking_distance({'q': before}, {'q': after},
+                                vector_axes=lambda path, leaf: (0,))['q']
+  # Divided by the fan-in length, 10, not the default's 40.
+  np.testing.assert_allclose(summary.mean, brute.mean() / 10, rtol=1e-6)
+  np.testing.assert_allclose(summary.std, brute.std() / 10, rtol=1e-6)
+
+
+def test_permutation_between_and_cycles_under_a_layout():
+  before, after = _query_kernels()
+  source = lp.permutation_between(before, after, vector_axes=_QUERY_AXES)
+  np.testing.assert_array_equal(
+      np.take_along_axis(_fan_ins(before), _fan_ins(source), axis=0),
+      _fan_ins(after))
+  summary = lp.cycle_summary(before, after, vector_axes=_QUERY_AXES)
+  assert summary.num_cycles.shape == (12,)
+  for j, column in enumerate(_fan_ins(source).T):
+    lengths = [len(c) for c in lp.permutation_cycles(column)]
+    assert summary.num_cycles[j] == len(lengths)
+  # Weights moved between heads are caught under the layout (the default
+  # vectors, (features, heads) slices, would hold the same values).
+  between_heads = jnp.asarray(np.asarray(before)[:, ::-1])
+  with pytest.raises(ValueError, match='not a permutation of before'):
+    lp.permutation_between(before, between_heads, vector_axes=_QUERY_AXES)
+
+
+def test_analyses_reject_bad_layouts():
+  before, after = _query_kernels()
+  with pytest.raises(ValueError, match='names axis 3'):
+    lp.weight_statistics(before, vector_axes=(3,))
+  with pytest.raises(ValueError, match=r"ranking_distances: leaf \['q'\]: "
+                     'vector_axes is an empty tuple'):
+    lp.ranking_distances({'q': before}, {'q': after}, vector_axes={'q': ()})
+  with pytest.raises(ValueError, match='weight_profiles: vector_axes does not '
+                     'match'):
+    lp.weight_profiles({'q': before}, vector_axes={'k': (0,)})
+  with pytest.raises(ValueError, match='permutation_between: before: '
+                     'vector_axes must be a tuple'):
+    lp.permutation_between(before, after, vector_axes=[0])

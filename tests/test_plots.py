@@ -180,3 +180,29 @@ def test_plots_of_a_real_laperm_state(tmp_path):
   plots.plot_permutation_cycles(kernel, moved, tmp_path / 'c.png', dpi=30)
   assert (tmp_path / 'm.png').stat().st_size > 0
   assert (tmp_path / 'c.png').stat().st_size > 0
+
+
+def test_plots_under_a_layout(tmp_path):
+  # An attention query kernel (features, heads, head_dim): one line, and
+  # one drawable vector, per (head, dim) fan-in of 10 weights.
+  rng = np.random.default_rng(4)
+  query = rng.normal(size=(10, 4, 3)).astype(np.float32)
+  figure = figure_lib.Figure(figsize=(4, 3))
+  plots.plot_weight_profiles({'query': jnp.asarray(query)},
+                             tmp_path / 'p.png', vector_axes=(0,),
+                             figure=figure, dpi=30)
+  (ax,) = [ax for ax in figure.axes if ax.axison]
+  assert len(ax.lines) == 12
+  np.testing.assert_array_equal(ax.lines[5].get_ydata(),
+                                np.sort(query[:, 1, 2]))
+  after = query.copy()
+  after[[0, 1, 2], 1, 2] = query[[1, 2, 0], 1, 2]
+  figure = figure_lib.Figure(figsize=(4, 4))
+  plots.plot_permutation_cycles(jnp.asarray(query), jnp.asarray(after),
+                                tmp_path / 'c.png', vector_index=5,
+                                vector_axes=(0,), figure=figure, dpi=30)
+  assert '1 cycles, 3 of 10 entries moved' in figure.axes[0].get_title()
+  with pytest.raises(ValueError, match=r"plot_weight_profiles: leaf "
+                     r"\['query'\]: vector_axes \(3,\) names axis 3"):
+    plots.plot_weight_profiles({'query': jnp.asarray(query)},
+                               tmp_path / 'x.png', vector_axes=(3,))
