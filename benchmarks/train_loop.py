@@ -1,6 +1,6 @@
 """Time per train step of a preset's loop: steps in loops of a call, or one each.
 
-Builds a preset's train steps as `experiments.train` runs them and times
+Builds a preset's train steps as `experiments.train` runs them (`experiments.steps`) and times
 `train(state, ..., 0, steps)` with `steps_per_call` = the preset's (a loop of
 up to that many steps per jitted call) and 1 (one jitted call per step),
 interleaved, after a warm-up call that compiles both. Prints the median
@@ -23,10 +23,11 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import configs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _load() -> str:
@@ -45,8 +46,8 @@ def main():
   config.dataset = args.dataset
   if args.dataset == 'digits':
     config.validation_size = 300
-  splits, num_classes, image_shape = cli.load_splits(config)
-  images, labels = train._device_put(None, splits['train'])  # pylint: disable=protected-access
+  splits, num_classes, image_shape = data.load_splits(config)
+  images, labels = jax.device_put(splits['train'])
   steps_per_epoch = len(splits['train'].labels) // config.batch_size
   steps = min(args.steps, steps_per_epoch)
   model = models.create(config.model, num_classes)
@@ -54,10 +55,10 @@ def main():
   for steps_per_call in sorted({config.steps_per_call, 1}, reverse=True):
     run_config = ml_collections.ConfigDict(config.to_dict())
     run_config.steps_per_call = steps_per_call
-    state = train._stack([train.create_train_state(  # pylint: disable=protected-access
+    state = steps.stack_seeds([state_lib.create_train_state(
         run_config, model, image_shape, steps_per_epoch)])
-    draw, train_steps = train.make_train_steps(
-        run_config, model, steps_per_epoch, together=True)
+    draw = steps.make_draw(run_config, steps_per_epoch)
+    train_steps = steps.make_train(run_config, model, together=True)
     order, step_keys = draw(jnp.stack([jax.random.key(0)]), len(labels))
     jax.block_until_ready(
         train_steps(state, images, labels, order, step_keys, 0, steps))

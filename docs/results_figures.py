@@ -4,7 +4,7 @@
 
 Reads each run's ``metrics.json`` and, for the conv runs, its final orbax
 checkpoint; regenerates the initial weights from the run's config and seed
-(``experiments.train.create_train_state``, as training did) and checks that
+(``experiments.state.create_train_state``, as training did) and checks that
 LaPerm's trained kernels, synchronized with ``lp.synchronize``, are exact
 permutations of them. Writes (each skipped when its runs are missing):
 
@@ -37,10 +37,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import laperm_jax as lp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from laperm_jax import plots  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import monitor  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 70
 
@@ -140,17 +141,18 @@ def _restore_seeds(run_dir: pathlib.Path):
   model = models.create(configs[0].model, 10)
   steps_per_epoch = 1  # Shapes only: the schedule's length is not stored.
   tx = optimizers.create(configs[0].optimizer, steps_per_epoch)
-  initials, tracked = [], []
+  initials, carried = [], []
   for config in configs:
-    state = train.create_train_state(config, model, (28, 28, 1),
-                                     steps_per_epoch, tx=tx)
+    state = state_lib.create_train_state(config, model, (28, 28, 1),
+                                         steps_per_epoch, tx=tx)
     initials.append(optimizers.train_params(state.params))
     eval_params = optimizers.eval_params(state.params, state.opt_state)
-    tracked.append({'state': state, 'best_params': eval_params,
-                    'best_batch_stats': state.batch_stats,
-                    'previous_kernel': monitor.get_leaf(
-                        eval_params, monitor.first_kernel_path(eval_params))})
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *tracked)
+    carried.append(checkpoints.Carried(
+        state=state, best_params=eval_params,
+        best_batch_stats=state.batch_stats,
+        previous_kernel=models.get_leaf(
+            eval_params, models.first_kernel_path(eval_params)))._asdict())
+  stacked = steps.stack_seeds(carried)
   with ocp.CheckpointManager((run_dir / 'checkpoints').absolute()) as manager:
     step = manager.latest_step()
     restored = manager.restore(step, args=ocp.args.Composite(

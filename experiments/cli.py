@@ -21,6 +21,7 @@ import ml_collections
 from experiments import configs
 from experiments import data
 from experiments import download
+from experiments import parallel
 from experiments import report
 from experiments import train
 
@@ -325,18 +326,6 @@ def check_resume(args: argparse.Namespace) -> None:
     raise UsageError(f'--resume: {args.out} holds no checkpoint to continue')
 
 
-def load_splits(config: ml_collections.ConfigDict
-                ) -> tuple[dict[str, data.Split], int, tuple[int, ...]]:
-  """The normalized splits a config asks for, and the number of classes."""
-  dataset = data.load(config.dataset, data_dir=config.data_dir or None,
-                      validation_size=config.validation_size,
-                      seed=config.data_seed)
-  if config.max_examples:
-    dataset = data.take(dataset, config.max_examples)
-  return (data.normalize(dataset, config.normalization), dataset.num_classes,
-          dataset.image_shape)
-
-
 def run_seeds(config: ml_collections.ConfigDict,
               args: argparse.Namespace) -> tuple[int, ...]:
   """The seeds of a run: ``--seeds`` (a count starts at ``config.seed``)."""
@@ -348,15 +337,8 @@ def run_seeds(config: ml_collections.ConfigDict,
   return seeds
 
 
-def _with_seed(config: ml_collections.ConfigDict,
-               seed: int) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.seed = seed
-  return config
-
-
 def run(preset_name: str, args: argparse.Namespace
-        ) -> list[list[train.RunResult]]:
+        ) -> list[list[report.RunResult]]:
   """Runs a preset's runs, prints the table, writes summary and figures.
 
   Returns:
@@ -365,6 +347,11 @@ def run(preset_name: str, args: argparse.Namespace
   preset = configs.get(preset_name)
   run_configs_by_name = run_configs(preset, args)
   check_resume(args)
+  for name, config in run_configs_by_name.items():
+    try:
+      parallel.make_mesh(config.devices, config.batch_size)
+    except ValueError as error:
+      raise SystemExit(f'error: run {name}: {error}') from error
   prepare_data(run_configs_by_name, args)
   out = args.out or pathlib.Path('runs') / (
       f'{preset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
@@ -373,37 +360,19 @@ def run(preset_name: str, args: argparse.Namespace
   loaded = {}
   results = []
   for name, config in run_configs_by_name.items():
-    data_key = (config.dataset, config.data_dir, config.validation_size,
-                config.data_seed, config.normalization, config.max_examples)
-    try:
-      mesh = train.make_mesh(config.devices)
-    except ValueError as error:
-      raise SystemExit(f'error: {error}') from error
-    if mesh is not None and config.batch_size % mesh.size:
-      raise SystemExit(f'error: batch_size {config.batch_size} of run {name} '
-                       f'is not divisible by --devices {mesh.size}.')
-    if data_key not in loaded:
-      loaded[data_key] = load_splits(config)
-    splits, num_classes, image_shape = loaded[data_key]
-    devices = '' if mesh is None else (
-        f', data parallel on {mesh.size} {mesh.devices.flat[0].platform} '
-        'devices')
+    source = data.split_source(config)
+    if source not in loaded:
+      loaded[source] = data.load_splits(config)
+    splits, num_classes, image_shape = loaded[source]
+    mesh = parallel.make_mesh(config.devices)
     print(f'{name}: {config.model.name} with {config.optimizer.name} on '
           f'{config.dataset} {image_shape}, {len(splits["train"].labels)} '
           f'train / {len(splits["validation"].labels)} validation / '
           f'{len(splits["test"].labels)} test, {config.epochs} epochs'
-          f'{devices}')
-    seeds = run_seeds(config, args)
-    if config.seeds_in_one_step or len(seeds) == 1:
-      results.append(train.train_seeds(
-          config, seeds, splits, num_classes, out / name, name=name,
-          resume=args.resume))
-    else:
-      results.append([
-          train.train_and_evaluate(
-              _with_seed(config, seed), splits, num_classes,
-              out / name / f'seed-{seed}', name=name, resume=args.resume)
-          for seed in seeds])
+          f'{parallel.describe(mesh)}')
+    results.append(train.train_seeds(
+        config, run_seeds(config, args), splits, num_classes, out / name,
+        name=name, resume=args.resume))
   print(report.table(results, [config.optimizer.name
                                for config in run_configs_by_name.values()]))
   report.write_summary(results, preset_name, out / 'summary.json')
@@ -417,9 +386,9 @@ def use_compilation_cache(directory: Optional[str]) -> None:
 
   None: ``$XDG_CACHE_HOME/laperm-jax/jax`` (``~/.cache`` when unset).
 
-  On CPU most of a small preset's wall time is compilation (F1: ~12 of ~20
-  s), the same programs at every rerun; the cache keeps every program that
-  took at least 0.1 s to compile. JAX keys entries by program, backend and
+  On CPU much of a small preset's wall time is compilation, the same
+  programs at every rerun; the cache keeps every program that took at least
+  0.1 s to compile. JAX keys entries by program, backend and
   versions, so a stale entry is never used.
   """
   if directory == 'off':

@@ -8,11 +8,12 @@ source:
   package: no network, no system package). The embedded default.
 - ``idx:DIR``: a directory of MNIST-format IDX ``.gz`` files, e.g. Debian's
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
-- ``mnist``, ``fashion_mnist``, ``cifar10`` (or ``tfds:NAME``): a
-  tensorflow-datasets dataset prepared as ``array_record`` under
-  ``data_dir``, read with ``tfds.data_source`` (no TensorFlow needed);
-  :mod:`experiments.download` prepares the first three where there is
-  network.
+- a name of :data:`TFDS_DATASETS` (``mnist``, ``fashion_mnist``,
+  ``cifar10``), or ``tfds:NAME`` for any other: a tensorflow-datasets
+  dataset prepared as ``array_record`` under ``data_dir``, read with
+  ``tfds.data_source`` (no TensorFlow needed); :mod:`experiments.download`
+  prepares those of the table where there is network. Adding a dataset in
+  a format it parses is one entry in that table.
 
 A source that is not available raises :class:`DataUnavailableError` saying
 how to get it; nothing falls back to another dataset. The validation split
@@ -24,12 +25,38 @@ import dataclasses
 import difflib
 import gzip
 import pathlib
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
+import ml_collections
 import numpy as np
 
 EMBEDDED = 'digits'
-TFDS_NAMES = ('mnist', 'fashion_mnist', 'cifar10')
+
+
+class TfdsDataset(NamedTuple):
+  """A tensorflow-datasets dataset that the presets can name.
+
+  Attributes:
+    builder: The registered TFDS builder class, as
+      ``MODULE.CLASS`` under ``tensorflow_datasets.image_classification``.
+    file_format: How its downloaded files are laid out, which decides how
+      :mod:`experiments.download` parses them without TensorFlow: ``idx``
+      (MNIST's four gzipped IDX files) or ``cifar`` (CIFAR-10's binary
+      archive).
+  """
+
+  builder: str
+  file_format: str
+
+
+# The datasets a spec may name: one entry each. A dataset in a format that
+# experiments.download parses needs nothing else.
+TFDS_DATASETS = {
+    'mnist': TfdsDataset('mnist.MNIST', 'idx'),
+    'fashion_mnist': TfdsDataset('mnist.FashionMNIST', 'idx'),
+    'cifar10': TfdsDataset('cifar.Cifar10', 'cifar'),
+}
+TFDS_NAMES = tuple(TFDS_DATASETS)
 IDX_FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
     'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
@@ -219,6 +246,34 @@ def normalize(dataset: Dataset, method: str) -> dict[str, Split]:
                           ('validation', dataset.validation),
                           ('test', dataset.test))
   }
+
+
+def split_source(config: ml_collections.ConfigDict) -> tuple[Any, ...]:
+  """The config fields :func:`load_splits` reads: runs that share them share splits."""
+  return (config.dataset, config.data_dir, config.validation_size,
+          config.data_seed, config.normalization, config.max_examples)
+
+
+def load_splits(config: ml_collections.ConfigDict
+                ) -> tuple[dict[str, Split], int, tuple[int, ...]]:
+  """A config's normalized splits, its number of classes and image shape.
+
+  Args:
+    config: An experiment config: ``dataset``, ``data_dir``,
+      ``validation_size``, ``data_seed``, ``max_examples`` (0 for all) and
+      ``normalization``.
+
+  Returns:
+    ``({'train': ..., 'validation': ..., 'test': ...}, num_classes,
+    image_shape)``.
+  """
+  dataset = load(config.dataset, data_dir=config.data_dir or None,
+                 validation_size=config.validation_size,
+                 seed=config.data_seed)
+  if config.max_examples:
+    dataset = take(dataset, config.max_examples)
+  return (normalize(dataset, config.normalization), dataset.num_classes,
+          dataset.image_shape)
 
 
 def _load_digits(seed: int) -> tuple[Split, Split, float]:

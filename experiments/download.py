@@ -18,6 +18,7 @@ accepts a TCP connection within a few seconds, and raises
 would retry for minutes before failing.
 """
 
+import importlib
 import socket
 import tarfile
 import threading
@@ -132,61 +133,64 @@ def _address(url: str) -> tuple[str, int]:
                                         else 80)
 
 
+def _registered_builder(name: str) -> type[Any]:
+  """The builder class TFDS registers for ``name`` (``data.TFDS_DATASETS``)."""
+  module, class_name = data.TFDS_DATASETS[name].builder.rsplit('.', 1)
+  return getattr(importlib.import_module(
+      f'tensorflow_datasets.image_classification.{module}'), class_name)
+
+
 def _download_urls(name: str) -> dict[str, str]:
   """The files the builder of ``name`` downloads, by file name."""
-  from tensorflow_datasets.image_classification import cifar, mnist  # pylint: disable=g-import-not-at-top
-  if name == 'cifar10':
+  registered = _registered_builder(name)
+  if data.TFDS_DATASETS[name].file_format == 'cifar':
     return {urllib.parse.urlsplit(url).path.rsplit('/', 1)[-1]: url
-            for url in cifar.Cifar10.url_infos}
-  base_url = (mnist.MNIST if name == 'mnist' else mnist.FashionMNIST).URL
-  return {file: urllib.parse.urljoin(base_url, file)
+            for url in registered.url_infos}
+  return {file: urllib.parse.urljoin(registered.URL, file)
           for files in data.IDX_FILES.values() for file in files}
 
 
 def _builder(name: str, data_dir: Optional[str]):
   """The registered builder of ``name`` with TensorFlow-free parsing."""
-  from tensorflow_datasets.image_classification import cifar, mnist  # pylint: disable=g-import-not-at-top
+  registered = _registered_builder(name)
+  split_generators = _SPLIT_GENERATORS[data.TFDS_DATASETS[name].file_format]
 
-  if name == 'cifar10':
+  class Builder(registered, skip_registration=True):
+    """The registered builder, its files parsed with NumPy and Pillow."""
 
-    class Cifar10(cifar.Cifar10, skip_registration=True):
-      """CIFAR-10 read from its binary archive with tarfile and NumPy."""
-
-      name = 'cifar10'
-
-      def _split_generators(self, dl_manager):
-        (archive,) = dl_manager.download(_download_urls(self.name)).values()
-        info = self._cifar_info
-        with tarfile.open(archive, 'r:gz') as tar:
-          files = {member.name.removeprefix(info.prefix):
-                   tar.extractfile(member).read()
-                   for member in tar if member.isfile()}
-        (label_file,) = info.label_files
-        self.info.features['label'].names = [
-            label for label in files[label_file].decode().split('\n')
-            if label]
-        return {
-            'train': _cifar_examples(
-                'train_', [files[file] for file in info.train_files]),
-            'test': _cifar_examples(
-                'test_', [files[file] for file in info.test_files]),
-        }
-
-    return Cifar10(data_dir=data_dir, file_format='array_record')
-
-  base = mnist.MNIST if name == 'mnist' else mnist.FashionMNIST
-
-  class Idx(base, skip_registration=True):
-    """MNIST or Fashion-MNIST read from their IDX files with NumPy."""
-
-    name = base.name  # Where data_source looks for it.
+    # The registered name: where tfds.data_source looks for the data.
+    name = registered.name
 
     def _split_generators(self, dl_manager):
-      paths = dl_manager.download(_download_urls(self.name))
-      return {split: _idx_examples(paths[images], paths[labels])
-              for split, (images, labels) in data.IDX_FILES.items()}
+      return split_generators(self, dl_manager)
 
-  return Idx(data_dir=data_dir, file_format='array_record')
+  return Builder(data_dir=data_dir, file_format='array_record')
+
+
+def _idx_split_generators(builder, dl_manager):
+  """MNIST-format splits read from their IDX files with NumPy."""
+  paths = dl_manager.download(_download_urls(builder.name))
+  return {split: _idx_examples(paths[images], paths[labels])
+          for split, (images, labels) in data.IDX_FILES.items()}
+
+
+def _cifar_split_generators(builder, dl_manager):
+  """CIFAR-10's splits read from its binary archive with tarfile and NumPy."""
+  (archive,) = dl_manager.download(_download_urls(builder.name)).values()
+  info = builder._cifar_info  # pylint: disable=protected-access
+  with tarfile.open(archive, 'r:gz') as tar:
+    files = {member.name.removeprefix(info.prefix):
+             tar.extractfile(member).read()
+             for member in tar if member.isfile()}
+  (label_file,) = info.label_files
+  builder.info.features['label'].names = [
+      label for label in files[label_file].decode().split('\n') if label]
+  return {
+      'train': _cifar_examples(
+          'train_', [files[file] for file in info.train_files]),
+      'test': _cifar_examples(
+          'test_', [files[file] for file in info.test_files]),
+  }
 
 
 def _idx_examples(images_path, labels_path
@@ -213,3 +217,7 @@ def _cifar_examples(id_prefix: str, contents: list[bytes]
                   'image': Image.fromarray(
                       record[1:].reshape(3, 32, 32).transpose(1, 2, 0)),
                   'label': int(record[0])}
+
+
+_SPLIT_GENERATORS = {'idx': _idx_split_generators,
+                     'cifar': _cifar_split_generators}

@@ -1,14 +1,19 @@
-"""The networks of the paper as Flax Linen modules.
+"""The networks of the paper as Flax Linen modules, and their layer names.
 
 Every module takes NHWC images and a ``train`` flag (dropout, BatchNorm), and
-names its output layer ``head``: the training loop leaves that layer out of
-the L2 penalty, as the paper regularizes hidden layers only. Layer sizes
-follow the paper (see ``DESIGN.md``); input sizes adapt to the dataset
-(28x28x1 MNIST, 32x32x3 CIFAR-10, 8x8x1 digits), as noted per model.
+names its output layer ``head``. Layer sizes follow the paper (Sections 5.1
+to 5.5, Appendix A.3); input sizes adapt to the dataset (28x28x1 MNIST,
+32x32x3 CIFAR-10, 8x8x1 digits), as noted per model.
+
+This module owns the naming rules; the rest of ``experiments`` asks it which
+leaves are kernels (:func:`kernel_paths`, input layer first and ``head``
+last; :func:`hidden_kernel_mask` for the L2 penalty, which the paper puts on
+hidden layers only) and which are BatchNorm's (:func:`batch_norm_mask`).
 """
 
 import functools
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 from flax import linen as nn
 import jax
@@ -246,3 +251,74 @@ _VGG_STAGES = {
     'conv13': (((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
                 (512, 512, 512)), (512,)),
 }
+
+
+HEAD = 'head'
+KERNEL = 'kernel'
+BATCH_NORM_PREFIX = 'BatchNorm'
+
+KeyPath = tuple[str, ...]
+
+
+def _names(path: Sequence[Any]) -> KeyPath:
+  """A ``jax.tree_util`` key path of a params dict as its key strings."""
+  return tuple(str(getattr(key, 'key', key)) for key in path)
+
+
+def _layer_order(path: KeyPath) -> tuple[bool, list[Any]]:
+  """Sort key: ``head`` last; Flax's ``Conv_10`` after ``Conv_9``.
+
+  ``jax.jit`` and ``jax.tree`` sort dict keys, so creation order is lost.
+  The modules above are written so that, with numbered names compared by
+  number and ``head`` moved last, key order is layer order (``Conv_*``
+  before ``Dense_*``, ``hidden1`` before ``hidden2``).
+  """
+  return path[0] == HEAD, [[int(part) if part.isdigit() else part
+                            for part in re.split(r'(\d+)', name)]
+                           for name in path]
+
+
+def kernel_paths(params: Any) -> list[KeyPath]:
+  """Key paths of the kernels (leaves of rank >= 2), input layer first.
+
+  The output layer ``head`` comes last; a model with one layer (F1) has only
+  ``head``.
+
+  Raises:
+    ValueError: The params hold no kernel.
+  """
+  paths = [_names(path) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(params)[0]
+           if jnp.ndim(leaf) >= 2]
+  if not paths:
+    raise ValueError('The params hold no kernel (no leaf of rank >= 2).')
+  return sorted(paths, key=_layer_order)
+
+
+def first_kernel_path(params: Any) -> KeyPath:
+  """Key path of the input layer's kernel."""
+  return kernel_paths(params)[0]
+
+
+def get_leaf(params: Any, path: KeyPath) -> Any:
+  """The leaf of ``params`` at ``path`` (from :func:`kernel_paths`)."""
+  for key in path:
+    params = params[key]
+  return params
+
+
+def hidden_kernel_mask(params: Any) -> Any:
+  """A mask of the kernels of every layer but ``head``."""
+  def is_hidden_kernel(path, _):
+    names = _names(path)
+    return names[-1] == KERNEL and HEAD not in names
+
+  return jax.tree_util.tree_map_with_path(is_hidden_kernel, params)
+
+
+def batch_norm_mask(params: Any) -> Any:
+  """A mask of the BatchNorm scale and offset leaves."""
+  def in_batch_norm(path, _):
+    return any(name.startswith(BATCH_NORM_PREFIX) for name in _names(path))
+
+  return jax.tree_util.tree_map_with_path(in_batch_norm, params)

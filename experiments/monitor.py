@@ -17,30 +17,6 @@ import laperm_jax as lp
 STATISTICS = ('min', 'p15', 'p50', 'p85', 'max')
 
 
-def first_kernel_path(params: Any) -> tuple[str, ...]:
-  """Key path of the input layer's kernel.
-
-  Creation order is lost: ``jax.jit`` and ``jax.tree`` sort dict keys, so a
-  jitted ``model.init`` returns ``head`` before ``hidden1``. The models of
-  ``experiments.models`` name their layers so that, leaving out the output
-  layer ``head``, the first kernel in sorted key order is the input layer's
-  (``Conv_0``, ``hidden1``); a model with one layer (F1) has only ``head``.
-  """
-  kernels = [tuple(key.key for key in path) for path, leaf in
-             jax.tree_util.tree_flatten_with_path(params)[0]
-             if np.ndim(leaf) >= 2]
-  if not kernels:
-    raise ValueError('The params hold no kernel (no leaf of rank >= 2).')
-  hidden = [path for path in kernels if path[0] != 'head']
-  return (hidden or kernels)[0]
-
-
-def get_leaf(params: Any, path: tuple[str, ...]) -> jax.Array:
-  for key in path:
-    params = params[key]
-  return params
-
-
 @jax.jit
 def _summarize(previous_kernel, kernel):
   return (lp.weight_statistics(kernel),

@@ -15,6 +15,7 @@ import ml_collections
 import optax
 
 import laperm_jax as lp
+from experiments import models
 
 NAMES = ('laperm', 'adam', 'sgd', 'lookahead')
 
@@ -50,19 +51,9 @@ def learning_rate(config: ml_collections.ConfigDict,
                    'exponential or piecewise.')
 
 
-def is_batch_norm_leaf(params: optax.Params) -> Any:
-  """A mask of the BatchNorm scale and offset leaves (Flax names)."""
-  def in_batch_norm(path, _):
-    return any(str(getattr(key, 'key', '')).startswith('BatchNorm')
-               for key in path)
-
-  return jax.tree_util.tree_map_with_path(in_batch_norm, params)
-
-
 def _biases_and_kernels(params: optax.Params) -> Any:
   """A mask of every leaf but BatchNorm's scale and offset."""
-  in_batch_norm = is_batch_norm_leaf(params)
-  return jax.tree.map(lambda is_bn: not is_bn, in_batch_norm)
+  return jax.tree.map(lambda is_bn: not is_bn, models.batch_norm_mask(params))
 
 
 def create(config: ml_collections.ConfigDict,
@@ -88,7 +79,7 @@ def create(config: ml_collections.ConfigDict,
     return lp.laperm(
         optax.adam(schedule), config.sync_period,
         mask=_biases_and_kernels if config.permute_biases else None,
-        reset_mask=is_batch_norm_leaf if config.gamma_beta_reset else None)
+        reset_mask=models.batch_norm_mask if config.gamma_beta_reset else None)
   if config.name == 'adam':
     return optax.adam(schedule)
   if config.name == 'sgd':

@@ -1,20 +1,75 @@
-"""What a finished experiment shows: a table, a summary file and figures.
+"""What a finished experiment shows: per-run files, a table, a summary, figures.
 
-Every run has one result per seed; the table and ``summary.json`` give the
-mean, standard deviation (over seeds, ``ddof=0``), min and max of the
-validation accuracy that picked the best weights, the test accuracy of those
-weights, and the test accuracy of the last weights, and keep every seed's
-numbers.
+Every run has one :class:`RunResult` per seed, written to its
+``metrics.json``; the table and ``summary.json`` give the mean, standard
+deviation (over seeds, ``ddof=0``), min and max of the validation accuracy
+that picked the best weights, the test accuracy of those weights, and the
+test accuracy of the last weights, and keep every seed's numbers.
 """
 
+import dataclasses
 import json
 import pathlib
 from typing import Any, Sequence
 
+import ml_collections
 import numpy as np
 
 from experiments import monitor
-from experiments import train
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What one training run produced.
+
+  Attributes:
+    name: The run's name.
+    seed: The run's seed.
+    history: One dict of metrics per record: at every evaluation and at the
+      end of every epoch, with the ``epoch`` (1-based) and ``step`` (steps
+      done) it was made at; train metrics are means since the last record.
+    best_epoch: The epoch of the best validation accuracy.
+    best_step: The step of the best validation accuracy.
+    best_val_accuracy: That accuracy.
+    test_accuracy: Test accuracy of the best weights.
+    final_test_accuracy: Test accuracy of the last epoch's weights.
+    seconds: Wall time of the run, compilation included; seeds trained
+      together share their call's time equally.
+    monitor: The A.3 monitor entries (empty unless ``config.monitor``).
+    state: The final train state.
+    best_params: The best weights (as evaluated: synchronized for LaPerm).
+  """
+
+  name: str
+  seed: int
+  history: list[dict[str, float]]
+  best_epoch: int
+  best_step: int
+  best_val_accuracy: float
+  test_accuracy: float
+  final_test_accuracy: float
+  seconds: float
+  monitor: list[dict[str, Any]]
+  state: Any
+  best_params: Any
+
+
+def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
+                  path: pathlib.Path) -> None:
+  """Writes a run's config, per-epoch history and final numbers as JSON."""
+  path.write_text(json.dumps({
+      'name': result.name,
+      'seed': result.seed,
+      'config': json.loads(config.to_json()),
+      'history': result.history,
+      'best_epoch': result.best_epoch,
+      'best_step': result.best_step,
+      'best_val_accuracy': result.best_val_accuracy,
+      'test_accuracy_of_best': result.test_accuracy,
+      'final_test_accuracy': result.final_test_accuracy,
+      'seconds': result.seconds,
+      'monitor': monitor.to_json(result.monitor),
+  }, indent=1))
 
 _COLUMNS = (('run', 24), ('optimizer', 10), ('seeds', 5), ('best ep', 8),
             ('val acc', 15), ('test acc', 15), ('final test', 15),
@@ -38,7 +93,7 @@ def _mean_std(values: Sequence[float]) -> str:
   return f'{stats["mean"]:.4f}+-{stats["std"]:.4f}'
 
 
-def table(results: Sequence[Sequence[train.RunResult]],
+def table(results: Sequence[Sequence[RunResult]],
           optimizer_names: Sequence[str]) -> str:
   """A plain-text table: one row per run, mean +- std over its seeds.
 
@@ -60,19 +115,19 @@ def table(results: Sequence[Sequence[train.RunResult]],
   return '\n'.join(rows)
 
 
-def _seconds(seeds: Sequence[train.RunResult]) -> float:
+def _seconds(seeds: Sequence[RunResult]) -> float:
   """Wall time of a run's seeds (seeds trained together share theirs)."""
   return sum(result.seconds for result in seeds)
 
 
-def _per_seed(result: train.RunResult) -> dict[str, Any]:
+def _per_seed(result: RunResult) -> dict[str, Any]:
   return {'seed': result.seed, 'best_epoch': result.best_epoch,
           'best_step': result.best_step,
           **{key: getattr(result, field) for key, field in _METRICS.items()},
           'seconds': result.seconds}
 
 
-def write_summary(results: Sequence[Sequence[train.RunResult]], preset: str,
+def write_summary(results: Sequence[Sequence[RunResult]], preset: str,
                   path: pathlib.Path) -> None:
   """Writes ``summary.json``: per run, statistics over seeds and each seed."""
   path.write_text(json.dumps({
@@ -87,7 +142,7 @@ def write_summary(results: Sequence[Sequence[train.RunResult]], preset: str,
   }, indent=1))
 
 
-def write_figures(results: Sequence[Sequence[train.RunResult]],
+def write_figures(results: Sequence[Sequence[RunResult]],
                   out: pathlib.Path) -> list[pathlib.Path]:
   """Writes the training monitor and each run's weight profiles (first seed).
 

@@ -20,7 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import configs, models, train
+from experiments import configs, models
+from experiments import state as state_lib
+from experiments import steps as steps_lib
 
 
 def main(model_name, optimizer, augment, steps=10):
@@ -34,9 +36,10 @@ def main(model_name, optimizer, augment, steps=10):
   images = jax.device_put(rng.normal(size=(n, 28, 28, 1)).astype(np.float32))
   labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
   model = models.create(config.model, 10)
-  state = train.create_train_state(config, model, (28, 28, 1), steps)
-  state = jax.tree.map(lambda leaf: leaf[None], state)  # One seed.
-  draw, train_steps = train.make_train_steps(config, model, steps)
+  state = steps_lib.stack_seeds(  # One seed.
+      [state_lib.create_train_state(config, model, (28, 28, 1), steps)])
+  draw = steps_lib.make_draw(config, steps)
+  train_steps = steps_lib.make_train(config, model)
 
   def epoch(state, key):
     order, step_keys = draw(key[None], n)

@@ -20,6 +20,10 @@ import pytest
 
 from experiments import cli
 from experiments import configs
+from experiments import data
+from experiments import models
+from experiments import parallel
+from experiments import state as state_lib
 from experiments import train
 
 DEVICES = 8
@@ -95,14 +99,14 @@ def test_unavailable_devices_stop_the_command_line(tmp_path):
 
 
 def test_make_mesh():
-  assert train.make_mesh(1) is None
+  assert parallel.make_mesh(1) is None
   count = len(jax.local_devices())
-  mesh = train.make_mesh('all')
+  mesh = parallel.make_mesh('all')
   assert mesh is None if count == 1 else mesh.size == count
   with pytest.raises(ValueError, match='available'):
-    train.make_mesh(count + 1)
+    parallel.make_mesh(count + 1)
   with pytest.raises(ValueError, match='devices'):
-    train.make_mesh(-1)
+    parallel.make_mesh(-1)
 
 
 # ---------------------------------------------------------------------------
@@ -123,7 +127,7 @@ def _main(workdir: pathlib.Path) -> None:
                                     '--devices', devices, '--no-progress',
                                     '--set', 'monitor=False'])
     config[name] = cli.run_configs(preset, args)['laperm']
-  splits, num_classes, image_shape = cli.load_splits(config['one'])
+  splits, num_classes, image_shape = data.load_splits(config['one'])
 
   def run(name, run_config, resume=False):
     return train.train_and_evaluate(run_config, splits, num_classes,
@@ -138,8 +142,8 @@ def _main(workdir: pathlib.Path) -> None:
   run('cross', stopped)
   cross = run('cross', config['one'], resume=True)
 
-  initial = train.create_train_state(
-      config['one'], train.models.create(config['one'].model, num_classes),
+  initial = state_lib.create_train_state(
+      config['one'], models.create(config['one'].model, num_classes),
       image_shape, 1).params
   out = {'device_count': jax.device_count(),
          'config_devices': {name: c.devices for name, c in config.items()},

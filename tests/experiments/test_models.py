@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -98,3 +99,57 @@ def test_batch_norm_models_hold_batch_stats():
                           ('mlp', False)):
     variables = _init(_create(name, blocks_per_stage=1), (8, 8, 1))
     assert ('batch_stats' in variables) == has_stats, name
+
+
+@pytest.mark.parametrize('name, image_shape, expected_shape', [
+    ('mlp', (28, 28, 1), (784, 100)),
+    ('f1', (28, 28, 1), (784, 10)),
+    ('f2', (28, 28, 1), (784, 128)),
+    ('conv7', (28, 28, 1), (3, 3, 1, 32)),
+    ('conv13', (32, 32, 3), (3, 3, 3, 64)),
+])
+def test_first_kernel_is_the_input_layers(name, image_shape, expected_shape):
+  model = models.create(ml_collections.ConfigDict(
+      {'name': name, 'dropout_rates': (0.0, 0.0)}), 10)
+  # A jitted init returns dict keys sorted: `head` before `hidden1`.
+  params = jax.eval_shape(
+      jax.jit(lambda key: model.init(key, jnp.zeros((1, *image_shape)))),
+      jax.random.key(0))['params']
+  leaf = params
+  for key in models.first_kernel_path(params):
+    leaf = leaf[key]
+  assert leaf.shape == expected_shape
+
+
+def _params(name, image_shape):
+  model = models.create(ml_collections.ConfigDict(
+      {'name': name, 'dropout_rates': (0.0, 0.0), 'blocks_per_stage': 1}), 10)
+  return jax.eval_shape(
+      jax.jit(lambda key: model.init(key, jnp.zeros((1, *image_shape)))),
+      jax.random.key(0))['params']
+
+
+def test_kernels_run_from_input_to_head():
+  # Conv13's 13 convs: `Conv_10` sorts before `Conv_2` as a string.
+  params = _params('conv13', (32, 32, 3))
+  paths = models.kernel_paths(params)
+  assert [path[0] for path in paths] == (
+      [f'Conv_{i}' for i in range(13)] + ['Dense_0', 'head'])
+  channels = [models.get_leaf(params, path).shape[-1] for path in paths]
+  assert channels[:13] == [64, 64, 128, 128] + [256] * 3 + [512] * 6
+  with pytest.raises(ValueError, match='no kernel'):
+    models.kernel_paths({'bias': jnp.zeros(3)})
+
+
+def test_masks_of_hidden_kernels_and_batch_norm():
+  params = _params('conv2', (8, 8, 1))
+  hidden = {jax.tree_util.keystr(path) for path, selected in
+            jax.tree_util.tree_flatten_with_path(
+                models.hidden_kernel_mask(params))[0] if selected}
+  assert hidden == {"['Conv_0']['kernel']", "['Conv_1']['kernel']",
+                    "['Dense_0']['kernel']", "['Dense_1']['kernel']"}
+  batch_norm = {jax.tree_util.keystr(path) for path, selected in
+                jax.tree_util.tree_flatten_with_path(
+                    models.batch_norm_mask(params))[0] if selected}
+  assert batch_norm == {f"['BatchNorm_{i}']['{name}']" for i in (0, 1)
+                        for name in ('bias', 'scale')}

@@ -18,7 +18,8 @@ import pytest
 
 from experiments import cli
 from experiments import configs
-from experiments import train
+from experiments import models
+from experiments import state as state_lib
 
 # One run per preset keeps the suite fast (each run compiles its own train
 # step); the run picked is the one the preset exists for. ResNet presets run
@@ -115,8 +116,8 @@ def test_weight_agnostic_presets_follow_the_authors():
 
 def test_size_aware_f2_keeps_one_fraction_per_kernel():
   config = configs.get('f2-size-aware').config
-  model = train.models.create(config.model, 10)
-  state = train.create_train_state(config, model, (28, 28, 1), 1)
+  model = models.create(config.model, 10)
+  state = state_lib.create_train_state(config, model, (28, 28, 1), 1)
   kernels = {name: state.params[name]['kernel']
              for name in ('hidden1', 'hidden2', 'head')}
   for (name, kernel), keep in zip(kernels.items(), (1 / 15, 1 / 7, 1 / 3)):
@@ -130,8 +131,8 @@ def test_conv7_permutes_biases_as_the_authors_notebook():
   assert config.optimizer.permute_biases
   assert config.optimizer.sync_period == 20
   assert config.eval_every_steps % config.optimizer.sync_period == 0
-  model = train.models.create(config.model, 10)
-  state = train.create_train_state(config, model, (28, 28, 1), 1)
+  model = models.create(config.model, 10)
+  state = state_lib.create_train_state(config, model, (28, 28, 1), 1)
   sorted_init = optax.tree.get(state.opt_state, 'sorted_init')
   held = jax.tree.leaves(
       sorted_init, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
@@ -210,10 +211,10 @@ def test_seeds_give_mean_and_std_in_the_summary(tmp_path, together):
 def test_per_kernel_fractions_are_checked():
   config = configs.get('f2-size-aware').config
   config.init.keep_per_kernel = (0.5, 0.5)
-  model = train.models.create(config.model, 10)
+  model = models.create(config.model, 10)
   with pytest.raises(ValueError, match='3 kernels'):
-    train.create_train_state(config, model, (28, 28, 1), 1)
+    state_lib.create_train_state(config, model, (28, 28, 1), 1)
   config.init.keep_per_kernel = (0.5, 0.5, 0.5)
   config.init.size_aware = True
   with pytest.raises(ValueError, match='size_aware'):
-    train.create_train_state(config, model, (28, 28, 1), 1)
+    state_lib.create_train_state(config, model, (28, 28, 1), 1)

@@ -12,9 +12,11 @@ import optax
 import pytest
 
 import laperm_jax as lp
-from experiments import cli
 from experiments import data
+from experiments import models
 from experiments import optimizers
+from experiments import state as state_lib
+from experiments import steps
 from experiments import train
 from experiments.configs import base
 
@@ -29,7 +31,7 @@ def _config(**overrides):
 
 
 def _splits(config):
-  splits, num_classes, _ = cli.load_splits(config)
+  splits, num_classes, _ = data.load_splits(config)
   return splits, num_classes
 
 
@@ -79,7 +81,7 @@ def test_laperm_learns_with_exactly_permuted_weights(tmp_path):
                       'optimizer.learning_rate': 3e-3,
                       'optimizer.sync_period': 20})
   result = _run(config, tmp_path)
-  initial = train.create_train_state(config, train.models.create(
+  initial = state_lib.create_train_state(config, models.create(
       config.model, 10), (8, 8, 1), 1).params
   for path, leaf in jax.tree_util.tree_flatten_with_path(
       result.best_params)[0]:
@@ -130,16 +132,16 @@ def test_learning_rate_schedules_follow_the_paper():
 def test_l2_penalty_covers_hidden_kernels_only():
   params = {'hidden1': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)},
             'head': {'kernel': jnp.ones((3, 4))}}
-  assert float(train.l2_penalty(params)) == 6.0
+  assert float(steps.l2_penalty(params)) == 6.0
 
 
 def test_pruned_and_shared_value_initial_weights():
   config = _config()
   config.model.name = 'f2'
-  model = train.models.create(config.model, 10)
+  model = models.create(config.model, 10)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
   config.init.kind, config.init.prune_rate = 'prune', 0.5
-  pruned = train.initial_params(config.init, jax.random.key(1), params)
+  pruned = state_lib.initial_params(config.init, jax.random.key(1), params)
   zeros = {name: float(jnp.mean(layer['kernel'] == 0))
            for name, layer in pruned.items()}
   # The input layer is capped at 20% (A.5.4), even though 'head' sorts first.
@@ -148,7 +150,7 @@ def test_pruned_and_shared_value_initial_weights():
   config.init.kind, config.init.value, config.init.keep = (
       'shared_value', 0.03, 0.1)
   config.init.size_aware = True
-  shared = train.initial_params(config.init, jax.random.key(1), params)
+  shared = state_lib.initial_params(config.init, jax.random.key(1), params)
   nonzero = {name: float(jnp.mean(layer['kernel'] != 0))
              for name, layer in shared.items()}
   assert all(set(np.unique(layer['kernel']).tolist()) <= {0.0, np.float32(0.03)}
@@ -201,10 +203,10 @@ def test_seeds_trained_together_equal_each_seed_alone(tmp_path, overrides):
 
 def test_seeds_of_a_run_share_their_initialization_programs(caplog):
   config = _config()
-  model = train.models.create(config.model, 10)
+  model = models.create(config.model, 10)
   tx = optimizers.create(config.optimizer, 10)
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
-    states = [train.create_train_state(_config(seed=seed), model, (8, 8, 1),
+    states = [state_lib.create_train_state(_config(seed=seed), model, (8, 8, 1),
                                        10, tx=tx) for seed in (0, 1, 2)]
   compiled = [record.getMessage() for record in caplog.records
               if record.getMessage().startswith('Compiling jit(')]
@@ -215,11 +217,22 @@ def test_seeds_of_a_run_share_their_initialization_programs(caplog):
   assert not np.array_equal(kernels[1], kernels[2])
 
 
-def test_several_seeds_need_seeds_in_one_step(tmp_path):
-  config = _config()
+def test_seeds_not_trained_together_train_one_after_another(tmp_path):
+  config = _config(epochs=1)
   splits, num_classes = _splits(config)
-  with pytest.raises(ValueError, match='seeds_in_one_step'):
-    train.train_seeds(config, (0, 1), splits, num_classes, tmp_path)
+  results = train.train_seeds(config, (4, 1), splits, num_classes,
+                              tmp_path / 'apart')
+  alone = train.train_seeds(config, (1,), splits, num_classes,
+                            tmp_path / 'alone')[0]
+  assert [result.seed for result in results] == [4, 1]
+  _assert_same_run(results[1], alone)
+  for seed in (4, 1):  # Each seed checkpoints in its own directory.
+    assert (tmp_path / 'apart' / f'seed-{seed}' / 'checkpoints').is_dir()
+    metrics = json.loads((tmp_path / 'apart' / f'seed-{seed}' /
+                          'metrics.json').read_text())
+    assert metrics['seed'] == seed
+  with pytest.raises(ValueError, match='distinct'):
+    train.train_seeds(config, (1, 1), splits, num_classes, tmp_path / 'x')
 
 
 def test_loops_of_steps_equal_single_steps_in_one_program(tmp_path, caplog):
@@ -248,7 +261,7 @@ def test_evaluation_right_after_every_sync(tmp_path):
   assert (result.best_step, result.best_val_accuracy) == (
       best['step'], best['val_accuracy'])
   # The weights kept are right-after-sync weights: exact permutations.
-  initial = train.create_train_state(config, train.models.create(
+  initial = state_lib.create_train_state(config, models.create(
       config.model, 10), (8, 8, 1), 1).params
   chex.assert_trees_all_equal(
       lp.sort_vectors(result.best_params['hidden1']['kernel']),
