@@ -43,6 +43,13 @@ Dense kernel ``(64, 32)``, a Conv kernel ``(3, 3, 8, 16)`` and a bias:
   2 chunks with no collective (sorts of ``[16, length]`` rows per device),
   and two sync steps give bitwise the updates, params and state of one
   device.
+- **Layouts keep output-axis syncs local.** An attention kernel
+  ``(features, heads, head_dim)`` with ``vector_axes=(0,)`` sharded over its
+  heads: each device holds whole weight vectors (``heads * head_dim``
+  vectors of length ``features``, flattened head-major), so the compiled
+  ``tx.update`` at a sync step and ``lp.synchronize`` hold no collective,
+  whole and in 2 chunks, and four steps (two syncs) give bitwise the
+  updates, params and state of one device.
 - **Input-axis syncs communicate.** Sharding an input axis splits every
   weight vector across devices, and a sort along it needs whole vectors.
   The compiled ``lp.synchronize`` (params and state sharded along the input
@@ -144,6 +151,13 @@ def test_chunked_output_axis_sync_is_local_and_bitwise(results):
   assert _check(results, 'chunked_output')['chunks'] == [2, 2]
 
 
+def test_attention_kernel_sharded_over_heads_syncs_locally(results):
+  # vector_axes=(0,) on (features, heads, head_dim), heads sharded: no
+  # collective in the compiled sync or update, bitwise one device.
+  assert _check(results, 'attention_heads')['chunks'] == {'plain': 1,
+                                                          'chunked': 2}
+
+
 def test_input_axis_sync_gathers_the_vectors(results):
   result = _check(results, 'hlo_input_synchronize')
   assert {'all-gather', 'all-to-all'} & set(result['collectives'])
@@ -156,6 +170,7 @@ def test_input_axis_sync_gathers_the_vectors(results):
 def _main():
   """Runs every check; prints ``{name: {'ok', 'error', ...}}`` as JSON."""
   # pylint: disable=import-outside-toplevel
+  import functools
   import time
   import traceback
 
@@ -452,6 +467,74 @@ def _main():
           np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         current, current_one = got[0], want[0]
       return {'chunks': chunks}
+    finally:
+      _weight_vectors._CHUNK_WEIGHTS = chunk_weights  # pylint: disable=protected-access
+      jax.clear_caches()
+
+  @check('attention_heads')
+  def _():
+    # An attention kernel (features, heads, head_dim) has the fan-in axis 0
+    # (vector_axes=(0,)): sharded over its heads, each device holds whole
+    # weight vectors. Plain and (with a smaller chunk size) chunked syncs.
+    chunk_weights = _weight_vectors._CHUNK_WEIGHTS  # pylint: disable=protected-access
+    results = {}
+    try:
+      for name, shape, chunk in (('plain', (16, 8, 4), chunk_weights),
+                                 ('chunked', (64, 8, 32), 512)):
+        _weight_vectors._CHUNK_WEIGHTS = chunk  # pylint: disable=protected-access
+        jax.clear_caches()
+        layout = {'query': (0,)}
+        length, num_vectors = shape[0], shape[1] * shape[2]
+        chunks = _weight_vectors._chunking(num_vectors, length)[0]  # pylint: disable=protected-access
+        heads = {'query': rng.standard_normal(shape, np.float32)}
+        heads_tx = lp.laperm(optax.adam(0.05), 2, vector_axes=layout)
+        param_sh = {'query': NamedSharding(mesh, P(None, 'model', None))}
+        state_sh = state_shardings(param_sh, mesh, heads_tx, heads)
+
+        def step(params, state, grads, heads_tx=heads_tx):
+          updates, state = heads_tx.update(grads, state, params)
+          return optax.apply_updates(params, updates), updates, state
+
+        sharded = jax.jit(step, in_shardings=(param_sh, state_sh, param_sh))
+        state = jax.jit(heads_tx.init, out_shardings=state_sh)(
+            jax.device_put(heads, param_sh))
+        # At a sync step: steps_since_sync + 1 reaches the period.
+        at_sync = state._replace(steps_since_sync=jnp.ones([], jnp.int32))
+        update_text = sharded.lower(heads, at_sync, heads).compile().as_text()
+        sync = functools.partial(lp.synchronize, vector_axes=layout)
+        compiled_sync = jax.jit(
+            sync, in_shardings=(param_sh, state_sh),
+            out_shardings=param_sh).lower(heads, state).compile()
+        for text in (update_text, compiled_sync.as_text()):
+          found = collectives(text)
+          assert not found, found
+          sort_lines = '\n'.join(line for line in text.splitlines()
+                                 if ' sort(' in line)
+          per_device = num_vectors // DEVICES // chunks
+          assert f'[{per_device},{length}]' in sort_lines, sort_lines
+          assert f'[{num_vectors},{length}]' not in sort_lines, sort_lines
+        one = jax.jit(step)
+        state_one = jax.jit(heads_tx.init)(heads)
+        current_one, current = heads, jax.device_put(heads, param_sh)
+        for _ in range(4):  # Two syncs.
+          g = {'query': rng.standard_normal(shape, np.float32)}
+          *got, state = sharded(current, state, jax.device_put(g, param_sh))
+          *want, state_one = one(current_one, state_one, g)
+          for a, b in zip(jax.tree.leaves((got, state)),
+                          jax.tree.leaves((want, state_one))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+          current, current_one = got[0], want[0]
+        synced = compiled_sync(current, state)
+        want = jax.jit(sync)(current_one, state_one)
+        np.testing.assert_array_equal(np.asarray(synced['query']),
+                                      np.asarray(want['query']))
+        assert synced['query'].sharding.is_equivalent_to(param_sh['query'], 3)
+        # Every (head, dim) fan-in is a permutation of its initial values.
+        np.testing.assert_array_equal(
+            np.sort(np.asarray(synced['query']).reshape(length, -1), axis=0),
+            np.sort(heads['query'].reshape(length, -1), axis=0))
+        results[name] = chunks
+      return {'chunks': results}
     finally:
       _weight_vectors._CHUNK_WEIGHTS = chunk_weights  # pylint: disable=protected-access
       jax.clear_caches()
