@@ -22,11 +22,21 @@ Prints a table of median times and the ratios sync/sort, sync/minor,
 reference/sync, kv/sync and sync/numpy, and the load average before and
 after (the columns of a row are interleaved, so its ratios hold on a loaded
 machine better than its times).
+
+A second table times weight-vector layouts (`vector_axes=`): `sync` of a
+leaf with the default layout (all axes but the last) against `sync` of the
+same weights laid out otherwise, interleaved: an attention kernel
+`(features, heads, head_dim)` with `vector_axes=(0,)` against the Dense
+kernel `(features, heads * head_dim)` (leading fan-in axes: a reshape), and
+a transposed kernel `(out, in)` with `vector_axes=(1,)` against `(in, out)`
+(a transpose in and out). Both syncs give bitwise the same weights, laid
+out each its way (checked).
 Run: `python benchmarks/sync_cost.py [--quick] [--repeats N] [--leaf
-4608,3200 ...]`.
+4608,3200 ...] [--layouts]` (`--layouts`: the layout table only).
 """
 
 import argparse
+import functools
 import os
 import time
 
@@ -52,6 +62,17 @@ MODELS = {
 LEAVES = [(100, 100), (1000, 1000), (3, 3, 256, 256), (4608, 1024),
           (4608, 3200)]
 QUICK_LEAVES = [(100, 100), (784, 128), (3, 3, 64, 64)]
+# (name, default-layout shape, shape and vector_axes of the same weights).
+LAYOUTS = [
+    ('attention (768, 12, 64)', (768, 768), (768, 12, 64), (0,)),
+    ('attention (1024, 16, 64)', (1024, 1024), (1024, 16, 64), (0,)),
+    ('transposed (1000, 1000)', (1000, 1000), (1000, 1000), (1,)),
+    ('transposed (3200, 4608)', (4608, 3200), (3200, 4608), (1,)),
+]
+QUICK_LAYOUTS = [
+    ('attention (128, 8, 16)', (128, 128), (128, 8, 16), (0,)),
+    ('transposed (128, 784)', (784, 128), (128, 784), (1,)),
+]
 
 
 def _reference_sync(params, sorted_init):
@@ -135,6 +156,30 @@ def measure(shapes, repeats):
   return _median_times(functions, args, repeats)
 
 
+def measure_layout(shape, layout_shape, vector_axes, repeats):
+  """Median sync times: default layout vs ``vector_axes``, same weights."""
+  initial = jax.random.normal(jax.random.key(0), shape)
+  moved = initial + 0.1 * jax.random.normal(jax.random.key(1), shape)
+  if layout_shape == shape[::-1] and vector_axes == (1,):
+    to_layout = jnp.transpose  # (in, out) -> (out, in)
+  else:
+    to_layout = lambda x: x.reshape(layout_shape)
+  layout = {'w': vector_axes}
+  trees = {'default': ({'w': initial}, {'w': moved}, None),
+           'layout': ({'w': to_layout(initial)}, {'w': to_layout(moved)},
+                      layout)}
+  functions, args = {}, {}
+  for name, (init, params, axes) in trees.items():
+    state = lp.laperm(optax.identity(), 1, vector_axes=axes).init(init)
+    functions[name] = jax.jit(functools.partial(lp.synchronize,
+                                                vector_axes=axes))
+    args[name] = (params, state)
+  default = functions['default'](*args['default'])['w']
+  laid_out = functions['layout'](*args['layout'])['w']
+  np.testing.assert_array_equal(to_layout(default), laid_out)
+  return _median_times(functions, args, repeats)
+
+
 def _load() -> str:
   return (f'load average {", ".join(f"{x:.2f}" for x in os.getloadavg())} '
           f'(1, 5, 15 min) on {os.cpu_count()} cores')
@@ -148,6 +193,8 @@ def main():
   parser.add_argument('--leaf', action='append', default=[],
                       help='time only this leaf shape, e.g. 4608,3200 '
                       '(repeatable; no models)')
+  parser.add_argument('--layouts', action='store_true',
+                      help='only the table of weight-vector layouts')
   args = parser.parse_args()
   if args.leaf:
     leaves = [tuple(int(n) for n in shape.split(',')) for shape in args.leaf]
@@ -160,13 +207,32 @@ def main():
   print(f'device: {device.platform} ({device.device_kind}), '
         f'jax {jax.__version__}, repeats {args.repeats}')
   print(f'before: {_load()}', flush=True)
+  if not args.layouts:
+    _print_sync_table(rows, args.repeats)
+  if not args.leaf:
+    _print_layout_table(QUICK_LAYOUTS if args.quick else LAYOUTS,
+                        args.repeats)
+  print(f'after:  {_load()}')
+
+
+def _print_layout_table(layouts, repeats):
+  print(f'\n{"layout":<30}{"params":>11}{"default ms":>12}{"layout ms":>11}'
+        f'{"layout/default":>16}')
+  for name, shape, layout_shape, vector_axes in layouts:
+    t = measure_layout(shape, layout_shape, vector_axes, repeats)
+    print(f'{name + " " + str(vector_axes):<30}{int(np.prod(shape)):>11,}'
+          f'{t["default"] * 1e3:>12.1f}{t["layout"] * 1e3:>11.1f}'
+          f'{t["layout"] / t["default"]:>16.2f}', flush=True)
+
+
+def _print_sync_table(rows, repeats):
   print(f'{"what":<30}{"params":>11}{"sort ms":>10}{"minor ms":>10}'
         f'{"sync ms":>10}{"kv ms":>10}{"ref ms":>10}{"numpy ms":>10}'
         f'{"sync/sort":>11}{"sync/minor":>12}{"ref/sync":>10}{"kv/sync":>9}'
         f'{"sync/numpy":>12}')
   for name, shapes in rows:
     size = sum(int(np.prod(s)) for s in shapes)
-    t = measure(shapes, args.repeats)
+    t = measure(shapes, repeats)
     numpy_ms, sync_per_numpy = (
         (f'{t["numpy"] * 1e3:>10.1f}', f'{t["sync"] / t["numpy"]:>12.2f}')
         if 'numpy' in t else (f'{"-":>10}', f'{"-":>12}'))
@@ -176,7 +242,6 @@ def main():
           f'{numpy_ms}{t["sync"] / t["sort"]:>11.2f}'
           f'{t["sync"] / t["minor"]:>12.2f}{t["reference"] / t["sync"]:>10.2f}'
           f'{t["kv sync"] / t["sync"]:>9.2f}{sync_per_numpy}', flush=True)
-  print(f'after:  {_load()}')
 
 
 if __name__ == '__main__':
