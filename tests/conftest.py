@@ -27,13 +27,34 @@ def _host_devices_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope='session')
-def run_on_host_devices(tmp_path_factory):
+def once_per_session(tmp_path_factory):
+  """``once(name, compute)``: ``compute()``'s JSON result, computed once.
+
+  Once per session even under pytest-xdist: workers of one session share the
+  parent of their base temporary directories, and the first to take the
+  lock computes while the others wait and read its result.
+  """
+  def once(name: str, compute):
+    if not os.environ.get('PYTEST_XDIST_WORKER'):
+      return compute()
+    import fcntl  # pylint: disable=import-outside-toplevel
+    shared = tmp_path_factory.getbasetemp().parent / f'{name}.json'
+    with open(f'{shared}.lock', 'w', encoding='utf-8') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if shared.is_file():
+        return json.loads(shared.read_text())
+      result = compute()
+      shared.write_text(json.dumps(result))
+      return result
+
+  return once
+
+
+@pytest.fixture(scope='session')
+def run_on_host_devices(once_per_session):
   """``run(script, *args)``: the JSON that ``script``'s last line prints.
 
-  The script runs with ``HOST_DEVICES`` CPU devices, once per session even
-  under pytest-xdist: workers of one session share the parent of their
-  base temporary directories, and the first to take the lock runs it while
-  the others wait and read its result.
+  The script runs with ``HOST_DEVICES`` CPU devices, once per session.
   """
   def run(script: pathlib.Path, *args: str):
     def compute():
@@ -43,16 +64,6 @@ def run_on_host_devices(tmp_path_factory):
       assert completed.returncode == 0, completed.stderr[-10000:]
       return json.loads(completed.stdout.strip().splitlines()[-1])
 
-    if not os.environ.get('PYTEST_XDIST_WORKER'):
-      return compute()
-    import fcntl  # pylint: disable=import-outside-toplevel
-    shared = tmp_path_factory.getbasetemp().parent / f'{script.stem}.json'
-    with open(f'{shared}.lock', 'w', encoding='utf-8') as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if shared.is_file():
-        return json.loads(shared.read_text())
-      result = compute()
-      shared.write_text(json.dumps(result))
-      return result
+    return once_per_session(script.stem, compute)
 
   return run
