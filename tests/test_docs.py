@@ -45,7 +45,8 @@ def test_every_public_name_has_a_reference_entry():
 def test_index_lists_every_page():
   index = (DOCS / 'index.rst').read_text()
   toctree = index[index.index('.. toctree::'):]
-  pages = {page.stem for page in DOCS.glob('*.rst')} - {'index'}
+  pages = {page.stem for pattern in ('*.rst', '*.md')
+           for page in DOCS.glob(pattern)} - {'index'}
   for page in pages:
     assert f'\n   {page}\n' in toctree + '\n', page
 
