@@ -63,7 +63,7 @@ def laperm(
   Dense kernel's column, a Conv kernel's whole filter; a 1-D leaf is one
   vector). That is not the fan-in of every kernel: Flax attention's query,
   key and value kernels ``(features, num_heads, head_dim)`` need
-  ``vector_axes=(0,)``, and ``DenseGeneral`` with several input axes its
+  ``vector_axes=(0,)``, and ``DenseGeneral`` with several output axes its
   input axes, or a sync moves weights between output units (between heads).
   ``lp.derive_vector_axes`` finds the layout from the model's forward pass.
   Equal values are ranked by position (a stable sort), so syncs are

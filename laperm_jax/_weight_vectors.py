@@ -13,8 +13,8 @@ Dense kernel ``(in, out)`` or a Conv kernel ``(h, w, in, out)`` holds
 vector. That is the paper's weight vector for Dense and Conv kernels, but
 not for every kernel: Flax attention keeps its query, key and value kernels
 as ``(features, num_heads, head_dim)``, whose fan-in is axis 0 alone
-(``vector_axes=(0,)``), and ``DenseGeneral`` with several input or output
-axes needs its input axes. There a default sync would move weights between
+(``vector_axes=(0,)``), and ``DenseGeneral`` with several output axes
+needs its input axes. There a default sync would move weights between
 output units (between heads). Every function that groups weights into
 vectors takes ``vector_axes=``: per leaf a tuple of axes or None, and for
 trees a tree of those (a prefix of the params) or a callable ``(path, leaf)
