@@ -213,13 +213,82 @@ class CifarResNet(nn.Module):
     return DenseHe(self.num_classes, name='head')(x)
 
 
+class EncoderBlock(nn.Module):
+  """A pre-norm Transformer encoder block: attention, then an MLP.
+
+  Attributes:
+    num_heads: Attention heads.
+    mlp_width: Hidden units of the MLP.
+  """
+
+  num_heads: int
+  mlp_width: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nn.LayerNorm(name='norm_1')(x)
+    x = x + nn.MultiHeadDotProductAttention(self.num_heads,
+                                            name='attention')(y, y)
+    y = nn.LayerNorm(name='norm_2')(x)
+    y = nn.gelu(nn.Dense(self.mlp_width, name='mlp_1')(y))
+    return x + nn.Dense(x.shape[-1], name='mlp_2')(y)
+
+
+class ViT(nn.Module):
+  """A small Vision Transformer (Dosovitskiy et al. 2021), not in the paper.
+
+  Non-overlapping patches embedded by a strided conv (``embedding``), a
+  class token (``cls_token``, zeros) and a learned position embedding
+  (``pos_embedding``, normal 0.02) as in the ViT paper, pre-norm encoder
+  blocks (``encoder_1``...), a final LayerNorm and the ``head`` on the class
+  token. Kernels keep Flax's LeCun-normal initializer and biases zeros: a
+  zero-initialized head (the ViT paper's) would stay zero under LaPerm.
+  The patch side is the image side over ``patches_per_side``: 7 on 28x28,
+  2 on 8x8 digits, 8 on 32x32.
+
+  Attributes:
+    width: Token features.
+    depth: Encoder blocks.
+    num_heads: Attention heads per block.
+    mlp_width: Hidden units of each block's MLP.
+    patches_per_side: Patches along each image side.
+    num_classes: Units of the output layer.
+  """
+
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_width: int = 128
+  patches_per_side: int = 4
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No dropout or BatchNorm.
+    patch = x.shape[1] // self.patches_per_side
+    x = nn.Conv(self.width, (patch, patch), strides=patch, padding='VALID',
+                name='embedding')(x)
+    x = x.reshape(x.shape[0], -1, self.width)
+    cls_token = self.param('cls_token', nn.initializers.zeros,
+                           (1, 1, self.width))
+    x = jnp.concatenate(
+        [jnp.broadcast_to(cls_token, (x.shape[0], 1, self.width)), x], 1)
+    x = x + self.param('pos_embedding', nn.initializers.normal(0.02),
+                       (1, x.shape[1], self.width))
+    for block in range(self.depth):
+      x = EncoderBlock(self.num_heads, self.mlp_width,
+                       name=f'encoder_{block + 1}')(x)
+    x = nn.LayerNorm(name='norm')(x[:, 0])
+    return nn.Dense(self.num_classes, name='head')(x)
+
+
 def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """Builds the model a config names.
 
   Args:
     config: The ``model`` section of an experiment config: ``name`` (``mlp``,
       ``f1``, ``f2``, ``conv7``, ``conv2``, ``conv4``, ``conv13``,
-      ``resnet``) and the model's options.
+      ``resnet``, ``vit``) and the model's options.
     num_classes: Classes of the dataset.
 
   Returns:
@@ -241,8 +310,13 @@ def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   if name == 'resnet':
     return CifarResNet(blocks_per_stage=config.blocks_per_stage,
                        num_classes=num_classes)
+  if name == 'vit':
+    return ViT(width=config.width, depth=config.depth,
+               num_heads=config.num_heads, mlp_width=config.mlp_width,
+               patches_per_side=config.patches_per_side,
+               num_classes=num_classes)
   raise ValueError(f'Unknown model {name!r}; known: mlp, f1, f2, conv7, '
-                   f'{", ".join(_VGG_STAGES)}, resnet.')
+                   f'{", ".join(_VGG_STAGES)}, resnet, vit.')
 
 
 _VGG_STAGES = {
@@ -265,33 +339,43 @@ def _names(path: Sequence[Any]) -> KeyPath:
   return tuple(str(getattr(key, 'key', key)) for key in path)
 
 
+# Flax attention's projections in the order the forward pass uses them
+# (their names alone sort ``out`` before ``query``).
+_ATTENTION_ORDER = {'query': 0, 'key': 1, 'value': 2, 'out': 3}
+
+
 def _layer_order(path: KeyPath) -> tuple[bool, list[Any]]:
   """Sort key: ``head`` last; Flax's ``Conv_10`` after ``Conv_9``.
 
   ``jax.jit`` and ``jax.tree`` sort dict keys, so creation order is lost.
   The modules above are written so that, with numbered names compared by
-  number and ``head`` moved last, key order is layer order (``Conv_*``
-  before ``Dense_*``, ``hidden1`` before ``hidden2``).
+  number, attention's projections in their order and ``head`` moved last,
+  key order is layer order (``Conv_*`` before ``Dense_*``, ``hidden1``
+  before ``hidden2``, ``embedding`` before ``encoder_1``).
   """
-  return path[0] == HEAD, [[int(part) if part.isdigit() else part
-                            for part in re.split(r'(\d+)', name)]
-                           for name in path]
+  return path[0] == HEAD, [
+      ['', _ATTENTION_ORDER[name]] if name in _ATTENTION_ORDER else
+      [int(part) if part.isdigit() else part
+       for part in re.split(r'(\d+)', name)]
+      for name in path]
 
 
 def kernel_paths(params: Any) -> list[KeyPath]:
-  """Key paths of the kernels (leaves of rank >= 2), input layer first.
+  """Key paths of the kernels (``kernel`` leaves of rank >= 2), input first.
 
   The output layer ``head`` comes last; a model with one layer (F1) has only
-  ``head``.
+  ``head``. Other leaves of rank >= 2 (a position embedding, a class token,
+  attention biases ``(heads, head_dim)``) are not kernels.
 
   Raises:
     ValueError: The params hold no kernel.
   """
   paths = [_names(path) for path, leaf in
            jax.tree_util.tree_flatten_with_path(params)[0]
-           if jnp.ndim(leaf) >= 2]
+           if jnp.ndim(leaf) >= 2 and _names(path)[-1] == KERNEL]
   if not paths:
-    raise ValueError('The params hold no kernel (no leaf of rank >= 2).')
+    raise ValueError('The params hold no kernel (no leaf named '
+                     f'{KERNEL!r} of rank >= 2).')
   return sorted(paths, key=_layer_order)
 
 

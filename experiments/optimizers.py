@@ -8,9 +8,11 @@ reported accuracies are measured right after a sync), Lookahead's slow
 weights, and the plain weights otherwise.
 """
 
-from typing import Any
+from typing import Any, Optional
 
+from flax import linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -51,13 +53,89 @@ def learning_rate(config: ml_collections.ConfigDict,
                    'exponential or piecewise.')
 
 
+def _is_layout(node: Any) -> bool:
+  """Whether ``node`` is one leaf's layout: a tuple of axes, or None."""
+  return node is None or isinstance(node, tuple)
+
+
+def weight_vector_layout(config: ml_collections.ConfigDict,
+                         model: nn.Module, image_shape: tuple[int, ...]
+                         ) -> Optional[Any]:
+  """LaPerm's weight-vector layout that a config asks for, or None.
+
+  With ``vector_axes = 'derived'`` (for ``laperm`` only), every kernel's
+  fan-in axes are read from the model's forward pass by
+  ``lp.derive_vector_axes`` (traced abstractly: nothing runs), the leaves
+  named in ``also_permute`` are one weight vector each (every axis), and
+  every other leaf (biases, normalization scales, embeddings the forward
+  pass only adds) is None: LaPerm leaves it to the inner optimizer.
+
+  Args:
+    config: The ``optimizer`` section: ``name``, ``vector_axes``
+      (``'default'``: all axes but the last, the paper's rule for Dense and
+      Conv kernels; or ``'derived'``) and ``also_permute`` (leaf names).
+    model: The Flax module (without BatchNorm statistics).
+    image_shape: Shape of one input image.
+
+  Returns:
+    None for the default layout (or an optimizer other than LaPerm), else a
+    params-shaped tree of tuples of fan-in axes and None, for
+    :func:`create` and :func:`eval_params`.
+
+  Raises:
+    ValueError: An unknown ``vector_axes``; ``also_permute`` without
+      ``'derived'`` or naming no leaf; a kernel whose fan-in the forward
+      pass does not give.
+  """
+  if config.vector_axes not in ('default', 'derived'):
+    raise ValueError(f'Unknown optimizer.vector_axes {config.vector_axes!r}; '
+                     "use 'default' or 'derived'.")
+  if config.vector_axes == 'default':
+    if config.also_permute:
+      raise ValueError("optimizer.also_permute needs optimizer.vector_axes = "
+                       "'derived'.")
+    return None
+  if config.name != 'laperm':
+    return None
+  images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
+                             images)
+  if set(variables) != {'params'}:
+    raise ValueError("optimizer.vector_axes = 'derived' reads models with "
+                     f'params only; this one also holds {set(variables)}.')
+  params = variables['params']
+  derived = lp.derive_vector_axes(
+      lambda p, x: model.apply({'params': p}, x), params, images,
+      unknown='default')
+  kernels = set(models.kernel_paths(params))
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  layouts = []
+  for (path, leaf), axes in zip(flat, jax.tree.leaves(derived,
+                                                      is_leaf=_is_layout)):
+    names = tuple(key.key for key in path)
+    if names in kernels:
+      if axes is None:
+        raise ValueError(f'optimizer.vector_axes: the forward pass gives the '
+                         f'kernel {"/".join(names)} no fan-in.')
+      layouts.append(axes)
+    else:
+      layouts.append(tuple(range(leaf.ndim))
+                     if names[-1] in config.also_permute else None)
+  unknown = set(config.also_permute) - {
+      tuple(key.key for key in path)[-1] for path, _ in flat}
+  if unknown:
+    raise ValueError(f'optimizer.also_permute names no leaf: '
+                     f'{sorted(unknown)}.')
+  return treedef.unflatten(layouts)
+
+
 def _biases_and_kernels(params: optax.Params) -> Any:
   """A mask of every leaf but BatchNorm's scale and offset."""
   return jax.tree.map(lambda is_bn: not is_bn, models.batch_norm_mask(params))
 
 
-def create(config: ml_collections.ConfigDict,
-           steps_per_epoch: int) -> optax.GradientTransformation:
+def create(config: ml_collections.ConfigDict, steps_per_epoch: int,
+           layout: Optional[Any] = None) -> optax.GradientTransformation:
   """Builds the optimizer a config names.
 
   Args:
@@ -67,14 +145,35 @@ def create(config: ml_collections.ConfigDict,
       weight vector, as the authors' Conv7 notebook does with
       ``skip_bias=False``), ``gamma_beta_reset`` (LaPerm resets BatchNorm scale and offset to 1
       and 0 at each sync, A.5.6), ``lookahead_sync_period`` and
-      ``lookahead_step_size`` (TensorFlow's defaults, 6 and 0.5, in 5.1).
+      ``lookahead_step_size`` (TensorFlow's defaults, 6 and 0.5, in 5.1);
+      ``vector_axes`` (see :func:`weight_vector_layout`).
     steps_per_epoch: Train steps in one epoch.
+    layout: LaPerm's layout from :func:`weight_vector_layout`: it permutes
+      exactly the leaves the layout gives axes. None: the default layout.
 
   Returns:
     The optax transformation. ``lookahead`` expects
     ``optax.LookaheadParams`` (see :func:`wrap_params`).
+
+  Raises:
+    ValueError: A ``layout`` missing for, or given without, ``'derived'``
+      LaPerm; ``permute_biases`` with it (use ``also_permute``).
   """
   schedule = learning_rate(config, steps_per_epoch)
+  derived = config.name == 'laperm' and config.vector_axes == 'derived'
+  if derived != (layout is not None):
+    raise ValueError("A layout goes with optimizer.vector_axes = 'derived' "
+                     "and 'laperm' only: build it with weight_vector_layout().")
+  if derived:
+    if config.permute_biases:
+      raise ValueError('optimizer.permute_biases takes the default layout; '
+                       "with 'derived', name leaves in also_permute.")
+    return lp.laperm(
+        optax.adam(schedule), config.sync_period,
+        mask=jax.tree.map(lambda axes: axes is not None, layout,
+                          is_leaf=_is_layout),
+        reset_mask=models.batch_norm_mask if config.gamma_beta_reset else None,
+        vector_axes=layout)
   if config.name == 'laperm':
     return lp.laperm(
         optax.adam(schedule), config.sync_period,
@@ -106,17 +205,18 @@ def train_params(params: optax.Params) -> optax.Params:
   return params
 
 
-def eval_params(params: optax.Params,
-                opt_state: optax.OptState) -> optax.Params:
+def eval_params(params: optax.Params, opt_state: optax.OptState,
+                layout: Optional[Any] = None) -> optax.Params:
   """The weights an optimizer is evaluated with.
 
   LaPerm: the params synchronized exactly (each kernel a permutation of its
-  initial weights), whether or not this step was a sync. Lookahead: the slow
-  weights. Others: the params.
+  initial weights, under ``layout``: the one :func:`create` was given),
+  whether or not this step was a sync. Lookahead: the slow weights. Others:
+  the params.
   """
   if isinstance(params, optax.LookaheadParams):
     return params.slow
   if any(isinstance(leaf, lp.LaPermState) for leaf in jax.tree.leaves(
       opt_state, is_leaf=lambda x: isinstance(x, lp.LaPermState))):
-    return lp.synchronize(params, opt_state)
+    return lp.synchronize(params, opt_state, vector_axes=layout)
   return params

@@ -110,7 +110,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
   """
   init_key, weights_key = jax.random.split(jax.random.key(config.seed))
   if tx is None:
-    tx = optimizers.create(config.optimizer, steps_per_epoch)
+    tx = optimizers.create(
+        config.optimizer, steps_per_epoch, optimizers.weight_vector_layout(
+            config.optimizer, model, image_shape))
   init_model, create = _state_programs(
       model, tx, ml_collections.FrozenConfigDict(config.init),
       ml_collections.FrozenConfigDict(config.optimizer))

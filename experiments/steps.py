@@ -15,6 +15,7 @@ backend runs the convolutions of a loop body much slower, so conv presets
 keep one step per call).
 """
 
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 from flax import linen as nn
@@ -246,14 +247,17 @@ def make_evaluate(model: nn.Module, batch_size: int,
                       mesh)
 
 
-def make_eval_weights(mesh: parallel.Mesh = None, together: bool = False
+def make_eval_weights(mesh: parallel.Mesh = None, together: bool = False,
+                      layout: Optional[Any] = None
                       ) -> Callable[[state_lib.TrainState], Any]:
   """``state -> params``: per seed, the weights its optimizer is judged by.
 
-  For LaPerm, exactly synchronized weights (``optimizers.eval_params``).
+  For LaPerm, exactly synchronized weights (``optimizers.eval_params``)
+  under ``layout``, the one its optimizer was built with.
   """
-  eval_params = parallel.jit(
-      over_seeds(optimizers.eval_params, (0, 0), together), mesh)
+  eval_params = parallel.jit(over_seeds(
+      functools.partial(optimizers.eval_params, layout=layout), (0, 0),
+      together), mesh)
 
   def eval_weights(state):
     return eval_params(state.params, state.opt_state)

@@ -138,7 +138,8 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
                                                        resume)
     bar = tqdm.trange(epochs_done, config.epochs, desc=name,
                       initial=epochs_done, total=config.epochs,
-                      disable=not config.progress, unit='epoch')
+                      disable=not (config.progress and parallel.is_writer()),
+                      unit='epoch')
     for epoch in bar:
       carried, last_record = _train_epoch(run, carried, progress, epoch)
       bar.set_postfix({key: f'{value:.4f}' for key, value in
@@ -168,11 +169,13 @@ def _set_up(config, seeds, splits, num_classes, workdir, name
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
                      f'{len(splits["train"].labels)} training examples.')
   model = models.create(config.model, num_classes)
-  tx = optimizers.create(config.optimizer, steps_per_epoch)
+  image_shape = splits['train'].images.shape[1:]
+  layout = optimizers.weight_vector_layout(config.optimizer, model,
+                                           image_shape)
+  tx = optimizers.create(config.optimizer, steps_per_epoch, layout)
   seed_configs = [_with_seed(config, seed) for seed in seeds]
   state = steps.stack_seeds([
-      state_lib.create_train_state(seed_config, model,
-                                   splits['train'].images.shape[1:],
+      state_lib.create_train_state(seed_config, model, image_shape,
                                    steps_per_epoch, tx=tx)
       for seed_config in seed_configs])
   if mesh is not None:
@@ -186,7 +189,7 @@ def _set_up(config, seeds, splits, num_classes, workdir, name
       train=steps.make_train(config, model, mesh, together),
       evaluate=steps.make_evaluate(model, config.eval_batch_size, mesh,
                                    together),
-      eval_weights=steps.make_eval_weights(mesh, together),
+      eval_weights=steps.make_eval_weights(mesh, together, layout),
       base_keys=jnp.stack([jax.random.fold_in(jax.random.key(seed), 1)
                            for seed in seeds]))
   params = run.eval_weights(state)
@@ -314,8 +317,9 @@ def _results(run: _Run, carried: checkpoints.Carried,
         state=steps.take_seed(carried.state, index),
         best_params=steps.take_seed(carried.best_params, index))
     results.append(result)
-    metrics_dir = run.workdir if len(progress) == 1 else (
-        run.workdir / f'seed-{seed_config.seed}')
-    metrics_dir.mkdir(exist_ok=True)
-    report.write_metrics(result, seed_config, metrics_dir / 'metrics.json')
+    if parallel.is_writer():
+      metrics_dir = run.workdir if len(progress) == 1 else (
+          run.workdir / f'seed-{seed_config.seed}')
+      metrics_dir.mkdir(exist_ok=True)
+      report.write_metrics(result, seed_config, metrics_dir / 'metrics.json')
   return results

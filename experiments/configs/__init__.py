@@ -30,7 +30,7 @@ class Preset(NamedTuple):
 
 def _registry() -> dict[str, Callable[[], Preset]]:
   # Imported here: the preset modules import `Preset` from this package.
-  from experiments.configs import a3, conv, demo, resnet, weight_agnostic  # pylint: disable=g-import-not-at-top
+  from experiments.configs import a3, conv, demo, resnet, vit, weight_agnostic  # pylint: disable=g-import-not-at-top
   return {
       'demo': demo.demo,
       'a3-sgd': a3.sgd,
@@ -48,6 +48,7 @@ def _registry() -> dict[str, Callable[[], Preset]]:
       'f1': weight_agnostic.f1,
       'f2': weight_agnostic.f2,
       'f2-size-aware': weight_agnostic.f2_size_aware,
+      'vit': vit.vit,
   }
 
 

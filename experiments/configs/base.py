@@ -19,6 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = 'mlp'
   config.model.dropout_rates = (0.0, 0.0)
   config.model.blocks_per_stage = 8
+  # The ViT (not in the paper): token width, blocks, heads, MLP units, and
+  # patches along each image side.
+  config.model.width = 64
+  config.model.depth = 2
+  config.model.num_heads = 4
+  config.model.mlp_width = 128
+  config.model.patches_per_side = 4
 
   # Initial weights of the kernels: 'random' (the model's initializer),
   # 'prune' (Section 5.4) or 'shared_value' (Section 5.5).
@@ -48,6 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.sync_period = 20
   config.optimizer.permute_biases = False  # LaPerm permutes 1-D leaves too.
   config.optimizer.gamma_beta_reset = False
+  # LaPerm's weight vectors: 'default' (all axes but the last) or 'derived'
+  # (each kernel's fan-in read from the model's forward pass; leaves it
+  # cannot read follow the inner optimizer unless named in also_permute).
+  config.optimizer.vector_axes = 'default'
+  config.optimizer.also_permute = ()  # Leaf names permuted as one vector each.
   config.optimizer.lookahead_sync_period = 6
   config.optimizer.lookahead_step_size = 0.5
 
