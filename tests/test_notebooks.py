@@ -20,7 +20,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / 'notebooks'
-NAMES = ('01_quick_start', '02_reconnection', '03_weight_agnostic')
+NAMES = ('01_quick_start', '02_reconnection', '03_weight_agnostic',
+         '04_your_own_model')
 
 
 def _make_figures():
@@ -119,6 +120,16 @@ def test_weight_agnostic(tmp_path):
     assert results[f'{name}_accuracy'] > 0.3
     assert (results[f'{name}_accuracy']
             > results[f'{name}_initial_accuracy'] + 0.15)
+
+
+def test_your_own_model(tmp_path):
+  _, results = _execute('04_your_own_model', tmp_path)
+  assert results['derived_kernels_are_permutations'] is True
+  assert results['derived_heads_keep_their_values'] is True
+  # The trailing-axis grouping moves weights between heads.
+  assert results['trailing_kernels_are_permutations'] is False
+  assert results['trailing_heads_keeping_their_values'] == 0
+  assert results['derived_accuracy'] > 0.5  # Chance: 0.1.
 
 
 def test_make_figures_draws_the_readme_figures():
