@@ -9,6 +9,7 @@ import argparse
 import ast
 import datetime
 import difflib
+import json
 import os
 import pathlib
 import sys
@@ -16,7 +17,9 @@ from collections.abc import Callable
 from typing import Any, Optional, Sequence, Union
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from experiments import configs
 from experiments import data
@@ -222,6 +225,17 @@ def parser() -> argparse.ArgumentParser:
                    'preset skips compiling what it compiled before '
                    '(default: $XDG_CACHE_HOME/laperm-jax/jax, ~/.cache if '
                    'unset; off: none)')
+  processes = cli.add_argument_group(
+      'several processes', 'one process per host, all with the same '
+      'arguments (docs/several_hosts.md); they train on all their devices')
+  processes.add_argument('--distributed', action='store_true',
+                         help='join the processes JAX detects itself (TPU '
+                         'pod slices, SLURM, Open MPI)')
+  processes.add_argument('--coordinator', metavar='HOST:PORT',
+                         help="process 0's address, with --num-processes "
+                         'and --process-id')
+  processes.add_argument('--num-processes', type=_integer_from(1))
+  processes.add_argument('--process-id', type=_integer_from(0))
   return cli
 
 
@@ -234,6 +248,8 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
                        ('devices', args.devices)):
     if value is not None:
       overrides[field] = value
+  if joins_processes(args) and args.devices is None:
+    overrides.setdefault('devices', 0)
   if args.prune is not None:
     overrides.update({'init.kind': 'prune', 'init.prune_rate': args.prune},
                      **preset.prune_overrides)
@@ -312,7 +328,39 @@ def prepare_data(run_configs_by_name: dict[str, ml_collections.ConfigDict],
         f"preset's {config.validation_size}")
     config.validation_size = scaled
   for note in notes.values():
-    print(note)
+    if parallel.is_writer():
+      print(note)
+
+
+def joins_processes(args: argparse.Namespace) -> bool:
+  """Whether the command line asks to join a multi-process run."""
+  return bool(getattr(args, 'distributed', False) or
+              getattr(args, 'coordinator', None) or
+              getattr(args, 'num_processes', None) is not None or
+              getattr(args, 'process_id', None) is not None)
+
+
+def join_processes(args: argparse.Namespace) -> None:
+  """Joins the multi-process run the command line names, if any.
+
+  Raises:
+    UsageError: The process options are incomplete or contradict.
+  """
+  explicit = (args.coordinator, args.num_processes, args.process_id)
+  if args.distributed:
+    if any(value is not None for value in explicit):
+      raise UsageError('--distributed detects the processes itself: give it '
+                       'alone, or --coordinator, --num-processes and '
+                       '--process-id without it')
+    parallel.initialize()
+  elif any(value is not None for value in explicit):
+    if any(value is None for value in explicit):
+      raise UsageError('--coordinator, --num-processes and --process-id go '
+                       'together')
+    if args.process_id >= args.num_processes:
+      raise UsageError(f'--process-id {args.process_id} must be below '
+                       f'--num-processes {args.num_processes}')
+    parallel.initialize(*explicit)
 
 
 def check_resume(args: argparse.Namespace) -> None:
@@ -347,16 +395,20 @@ def run(preset_name: str, args: argparse.Namespace
   preset = configs.get(preset_name)
   run_configs_by_name = run_configs(preset, args)
   check_resume(args)
-  for name, config in run_configs_by_name.items():
-    try:
+  try:
+    parallel.check_same_everywhere(
+        'the preset, its runs and their settings',
+        [preset_name, {name: json.loads(config.to_json())
+                       for name, config in run_configs_by_name.items()}])
+    for name, config in run_configs_by_name.items():
       parallel.make_mesh(config.devices, config.batch_size)
-    except ValueError as error:
-      raise SystemExit(f'error: run {name}: {error}') from error
+  except ValueError as error:
+    raise SystemExit(f'error: {error}') from error
   prepare_data(run_configs_by_name, args)
-  out = args.out or pathlib.Path('runs') / (
-      f'{preset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
+  out = args.out or pathlib.Path('runs') / f'{preset_name}-{_timestamp()}'
   out.mkdir(parents=True, exist_ok=True)
-  print(f'{preset_name}: {preset.description}\noutput: {out}')
+  say = print if parallel.is_writer() else lambda *_: None
+  say(f'{preset_name}: {preset.description}\noutput: {out}')
   loaded = {}
   results = []
   for name, config in run_configs_by_name.items():
@@ -365,7 +417,7 @@ def run(preset_name: str, args: argparse.Namespace
       loaded[source] = data.load_splits(config)
     splits, num_classes, image_shape = loaded[source]
     mesh = parallel.make_mesh(config.devices)
-    print(f'{name}: {config.model.name} with {config.optimizer.name} on '
+    say(f'{name}: {config.model.name} with {config.optimizer.name} on '
           f'{config.dataset} {image_shape}, {len(splits["train"].labels)} '
           f'train / {len(splits["validation"].labels)} validation / '
           f'{len(splits["test"].labels)} test, {config.epochs} epochs'
@@ -373,12 +425,23 @@ def run(preset_name: str, args: argparse.Namespace
     results.append(train.train_seeds(
         config, run_seeds(config, args), splits, num_classes, out / name,
         name=name, resume=args.resume))
-  print(report.table(results, [config.optimizer.name
-                               for config in run_configs_by_name.values()]))
-  report.write_summary(results, preset_name, out / 'summary.json')
-  for path in report.write_figures(results, out):
-    print(f'figure: {path}')
+  if parallel.is_writer():
+    print(report.table(results, [config.optimizer.name
+                                 for config in run_configs_by_name.values()]))
+    report.write_summary(results, preset_name, out / 'summary.json')
+    for path in report.write_figures(results, out):
+      print(f'figure: {path}')
   return results
+
+
+def _timestamp() -> str:
+  """The time now (process 0's, when several processes run)."""
+  now = datetime.datetime.now()
+  fields = np.array([now.year, now.month, now.day, now.hour, now.minute,
+                     now.second], np.int32)
+  if jax.process_count() > 1:
+    fields = multihost_utils.broadcast_one_to_all(fields)
+  return '{:04d}{:02d}{:02d}-{:02d}{:02d}{:02d}'.format(*map(int, fields))
 
 
 def use_compilation_cache(directory: Optional[str]) -> None:
@@ -415,6 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     return
   use_compilation_cache(args.compilation_cache)
   try:
+    join_processes(args)
     run(args.preset, args)
   except UsageError as error:
     cli.error(str(error))

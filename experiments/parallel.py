@@ -1,18 +1,29 @@
-"""Data parallelism over the local devices of one process.
+"""Data parallelism over the devices of one process or of several.
 
 A run on several devices uses a 1-D ``('batch',)`` mesh: datasets, params
 and optimizer state are replicated on every device, every batch is sharded
-along its first axis, and XLA all-reduces the gradients, the BatchNorm
-statistics and the metrics. The optimizer step (LaPerm's syncs included)
-runs replicated, so the weights stay identical on every device. A run on one
-device has no mesh (``None``) and compiles exactly the single-device
-program.
+along its first axis (each device gathers and augments only its part), and
+XLA all-reduces the gradients, the BatchNorm statistics and the metrics.
+The optimizer step (LaPerm's syncs included) runs replicated, so the weights
+stay identical on every device. A run on one device has no mesh (``None``)
+and compiles exactly the single-device program.
+
+Several processes (a TPU pod slice, GPUs on several hosts, or local
+processes for trying it, ``scripts/launch_local.sh``) run the same program
+after :func:`initialize`; the mesh then spans every process's devices.
+Every process reads the whole dataset and puts its devices' copies
+(:func:`put`), so what a run computes does not depend on how its devices
+are spread over processes. Only process 0 prints and writes files
+(:func:`is_writer`); checkpoints are written by all processes together.
 """
 
+import hashlib
+import json
 from typing import Any, Callable, Optional
 
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 import numpy as np
 
 BATCH_AXIS = 'batch'
@@ -24,8 +35,9 @@ def make_mesh(devices: Any = 1, batch_size: Optional[int] = None) -> Mesh:
   """The data-parallel mesh: the first ``devices`` local devices.
 
   Args:
-    devices: How many local devices to train on: an int >= 1, or ``0`` /
-      ``'all'`` for all of them.
+    devices: How many devices to train on: an int >= 1, or ``0`` /
+      ``'all'`` for all of them (all of every process's, when several
+      processes run).
     batch_size: If given, checked to be a multiple of the device count.
 
   Returns:
@@ -36,7 +48,7 @@ def make_mesh(devices: Any = 1, batch_size: Optional[int] = None) -> Mesh:
     ValueError: Not a device count, more devices than there are, or a batch
       size they do not divide.
   """
-  available = jax.local_devices()
+  available = jax.devices()
   if isinstance(devices, bool):
     count = -1
   elif devices in (0, 'all'):
@@ -49,8 +61,12 @@ def make_mesh(devices: Any = 1, batch_size: Optional[int] = None) -> Mesh:
     raise ValueError(f"devices must be an int >= 1, or 0 or 'all' for all "
                      f'local devices; got {devices!r}.')
   if count > len(available):
-    raise ValueError(f'devices={count} but only {len(available)} local '
+    raise ValueError(f'devices={count} but only {len(available)} '
                      f'devices are available: {available}.')
+  if jax.process_count() > 1 and count != len(available):
+    raise ValueError(
+        f'devices={count}, but a run of {jax.process_count()} processes '
+        f'trains on all {len(available)} of their devices (--devices all).')
   if batch_size is not None and batch_size % count:
     raise ValueError(f'batch_size {batch_size} is not divisible by the '
                      f'{count} devices of the run.')
@@ -75,10 +91,21 @@ def shard_batch(mesh: Mesh, tree: Any) -> Any:
 
 
 def put(mesh: Mesh, tree: Any) -> Any:
-  """``tree`` on the default device, or replicated on every mesh device."""
+  """``tree`` on the default device, or replicated on every mesh device.
+
+  Every process must pass the same values: each puts its own devices'
+  copies (a mesh may span processes, whose devices no other can reach).
+  """
   if mesh is None:
     return jax.device_put(tree)
-  return jax.device_put(tree, replicated(mesh))
+  sharding = replicated(mesh)
+
+  def put_leaf(leaf):
+    value = np.asarray(jax.device_get(leaf))
+    return jax.make_array_from_callback(value.shape, sharding,
+                                        lambda index: value[index])
+
+  return jax.tree.map(put_leaf, tree)
 
 
 def jit(fn: Callable[..., Any], mesh: Mesh, **kwargs: Any
@@ -96,3 +123,51 @@ def describe(mesh: Mesh) -> str:
   return (f', data parallel on {mesh.size} '
           f'{mesh.devices.flat[0].platform} devices')
 
+
+def initialize(coordinator: Optional[str] = None,
+               num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, *,
+               timeout: int = 60) -> None:
+  """Joins this process to a multi-process run (``jax.distributed``).
+
+  With no arguments, JAX detects the cluster itself (TPU pods, SLURM, Open
+  MPI); otherwise all three name it. On CPU, processes exchange data through
+  gloo collectives.
+
+  Args:
+    coordinator: ``HOST:PORT`` of process 0's coordinator service.
+    num_processes: How many processes the run has.
+    process_id: This process's index, from 0.
+    timeout: Seconds to wait for every process to join before failing.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+      coordinator_address=coordinator, num_processes=num_processes,
+      process_id=process_id, initialization_timeout=timeout)
+
+
+def is_writer() -> bool:
+  """Whether this process prints and writes files: process 0 only."""
+  return jax.process_index() == 0
+
+
+def check_same_everywhere(what: str, value: Any) -> None:
+  """Raises on every process unless all processes hold the same ``value``.
+
+  Args:
+    what: Names the value in the error.
+    value: Anything JSON can write (e.g. a run's config as a dict).
+
+  Raises:
+    ValueError: Some process holds another value.
+  """
+  if jax.process_count() == 1:
+    return
+  digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode())
+  words = np.frombuffer(digest.digest(), np.uint32)
+  gathered = multihost_utils.process_allgather(words)
+  if not (gathered == gathered[0]).all():
+    different = [index for index, row in enumerate(gathered)
+                 if not (row == gathered[0]).all()]
+    raise ValueError(f'the processes disagree on {what}: processes '
+                     f'{different} differ from process 0.')

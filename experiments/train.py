@@ -138,7 +138,8 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
                                                        resume)
     bar = tqdm.trange(epochs_done, config.epochs, desc=name,
                       initial=epochs_done, total=config.epochs,
-                      disable=not config.progress, unit='epoch')
+                      disable=not (config.progress and parallel.is_writer()),
+                      unit='epoch')
     for epoch in bar:
       carried, last_record = _train_epoch(run, carried, progress, epoch)
       bar.set_postfix({key: f'{value:.4f}' for key, value in
@@ -316,8 +317,9 @@ def _results(run: _Run, carried: checkpoints.Carried,
         state=steps.take_seed(carried.state, index),
         best_params=steps.take_seed(carried.best_params, index))
     results.append(result)
-    metrics_dir = run.workdir if len(progress) == 1 else (
-        run.workdir / f'seed-{seed_config.seed}')
-    metrics_dir.mkdir(exist_ok=True)
-    report.write_metrics(result, seed_config, metrics_dir / 'metrics.json')
+    if parallel.is_writer():
+      metrics_dir = run.workdir if len(progress) == 1 else (
+          run.workdir / f'seed-{seed_config.seed}')
+      metrics_dir.mkdir(exist_ok=True)
+      report.write_metrics(result, seed_config, metrics_dir / 'metrics.json')
   return results
