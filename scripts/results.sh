@@ -2,7 +2,8 @@
 # Reproduces docs/RESULTS.md: the exact commands behind its numbers.
 #
 #   scripts/results.sh            # everything, in order (hours on a 2-core CPU)
-#   scripts/results.sh f a3       # some sections: f a3 conv prune figures
+#   scripts/results.sh f a3       # some sections: f a3 conv prune vit
+#                                 # vit_trials figures
 #
 # Run from the repository root. Outputs go to runs/results/ (git-ignored);
 # each command refuses to overwrite an output directory that already holds
@@ -67,12 +68,29 @@ section_prune() {  # 4. LaPerm on Conv7 pruned first, fewer epochs
   done
 }
 
+section_vit() {  # a ViT trained by reconnection (not in the paper), 3 seeds
+  run vit vit --dataset "$DATA" --seeds 3 --out "$OUT/vit"
+}
+
+section_vit_trials() {  # the ViT's k and which leaves LaPerm permutes
+  local k
+  for k in 20 100 400 1000; do
+    run "vit-k$k" vit --dataset "$DATA" --epochs 3 --runs laperm \
+      --set optimizer.sync_period=$k \
+      --set eval_every_steps=$(( k == 1000 ? 1000 : 400 )) \
+      --out "$OUT/vit-k$k"
+  done
+  run vit-also-permute vit --dataset "$DATA" --epochs 3 --runs laperm \
+    --set "optimizer.also_permute=('scale','pos_embedding','cls_token')" \
+    --out "$OUT/vit-also-permute"
+}
+
 section_figures() {  # 5. the figures of docs/results/
   "$PYTHON" docs/results_figures.py --runs "$OUT" --out docs/results
 }
 
 sections=("$@")
-[[ ${#sections[@]} -eq 0 ]] && sections=(f a3 conv prune figures)
+[[ ${#sections[@]} -eq 0 ]] && sections=(f a3 conv prune vit figures)
 for section in "${sections[@]}"; do
   "section_$section"
 done
