@@ -24,11 +24,15 @@ from experiments import optimizers
 from experiments import state as state_lib
 
 DIGITS = (8, 8, 1)
+PRESET = ('vit', '--quick', '--dataset', 'digits')
+# Runs that train: one encoder block compiles faster and holds every kind
+# of kernel.
+QUICK = (*PRESET, '--set', 'model.depth=1')
 ATTENTION = {'query': (0,), 'key': (0,), 'value': (0,), 'out': (0, 1)}
 
 
-def _preset_config(run: str) -> ml_collections.ConfigDict:
-  args = cli.parser().parse_args(['vit', '--quick', '--dataset', 'digits'])
+def _preset_config(run: str, argv=PRESET) -> ml_collections.ConfigDict:
+  args = cli.parser().parse_args(list(argv))
   return cli.run_configs(configs.get('vit'), args)[run]
 
 
@@ -51,10 +55,10 @@ def _kernels(params):
           for path in models.kernel_paths(params)}
 
 
-def _layout_of_kernels(layout):
+def _layout_of_kernels(layout, config):
   return {'/'.join(path): models.get_leaf(layout, path)
           for path in models.kernel_paths(_params(models.create(
-              _preset_config('laperm').model, 10)))}
+              config.model, 10)))}
 
 
 def test_kernels_run_from_patches_to_head():
@@ -83,7 +87,7 @@ def test_layout_is_derived_from_the_forward_pass():
       expected[f'{block}/attention/{name}/kernel'] = axes
     expected[f'{block}/mlp_1/kernel'] = expected[f'{block}/mlp_2/kernel'] = (
         0,)
-  assert _layout_of_kernels(layout) == expected
+  assert _layout_of_kernels(layout, config) == expected
   # Everything else is left to Adam, explicitly.
   assert layout['cls_token'] is None and layout['pos_embedding'] is None
   assert layout['norm'] == {'scale': None, 'bias': None}
@@ -125,10 +129,10 @@ def test_layout_settings_are_checked():
 
 
 def test_adam_starts_from_laperms_initial_weights():
-  model = models.create(_preset_config('laperm').model, 10)
+  model = models.create(_preset_config('laperm', QUICK).model, 10)
   initial = {
       run: optimizers.train_params(state_lib.create_train_state(
-          _preset_config(run), model, DIGITS, steps_per_epoch=8).params)
+          _preset_config(run, QUICK), model, DIGITS, steps_per_epoch=8).params)
       for run in ('laperm', 'adam')}
   chex.assert_trees_all_equal(initial['laperm'], initial['adam'])
 
@@ -162,12 +166,11 @@ def test_default_layout_moves_weights_between_heads():
 
 
 def test_vit_trains_on_digits_by_exact_permutations(tmp_path):
-  argv = ['vit', '--quick', '--dataset', 'digits', '--no-progress',
-          '--out', str(tmp_path), '--runs', 'laperm']
+  argv = [*QUICK, '--no-progress', '--out', str(tmp_path), '--runs', 'laperm']
   (result,), = cli.run('vit', cli.parser().parse_args(argv))
   assert np.isfinite(result.history[-1]['train_loss'])
   assert 'val_accuracy' in result.history[-1]
-  config = _preset_config('laperm')
+  config = _preset_config('laperm', QUICK)
   model = models.create(config.model, 10)
   layout = optimizers.weight_vector_layout(config.optimizer, model, DIGITS)
   initial = _kernels(optimizers.train_params(state_lib.create_train_state(
@@ -176,7 +179,7 @@ def test_vit_trains_on_digits_by_exact_permutations(tmp_path):
   final = lp.synchronize(result.state.params, result.state.opt_state,
                          vector_axes=layout)
   for trained in (_kernels(result.best_params), _kernels(final)):
-    for name, axes in _layout_of_kernels(layout).items():
+    for name, axes in _layout_of_kernels(layout, config).items():
       np.testing.assert_array_equal(
           _sorted_fan_ins(trained[name], axes),
           _sorted_fan_ins(initial[name], axes), err_msg=name)
