@@ -134,15 +134,18 @@ def make_draw(config: ml_collections.ConfigDict, steps_per_epoch: int
   return jax.jit(jax.vmap(draw_one, in_axes=(0, None)), static_argnums=1)
 
 
-def make_train(config: ml_collections.ConfigDict, model: nn.Module,
-               mesh: parallel.Mesh = None, together: bool = False
-               ) -> Callable[..., Any]:
-  """``(state, images, labels, order, step_keys, start, stop) -> (state, metrics)``.
+def make_train_call(config: ml_collections.ConfigDict, model: nn.Module,
+                    mesh: parallel.Mesh = None, together: bool = False
+                    ) -> Callable[..., Any]:
+  """The jitted program that one call of :func:`make_train`'s ``train`` runs.
 
-  Takes steps ``start`` to ``stop`` of the epoch drawn by :func:`make_draw`
-  for a stack of seeds; metrics come back as NumPy arrays of shape
-  ``(seeds, stop - start)``. With ``steps_per_call > 1``, each jitted call
-  runs a loop of up to that many steps, one program for every count.
+  With ``steps_per_call > 1``, ``block(state, images, labels, order,
+  step_keys, start, count) -> (state, metrics)``: a loop of ``count`` <=
+  ``steps_per_call`` steps from step ``start``, one program for every count,
+  metrics in buffers of ``steps_per_call`` columns. Otherwise
+  ``seeded_step(state, images, labels, order, step_keys, index)``: step
+  ``index``. Both gather their batches from the training split on the
+  device; ``state`` and the metrics have a leading seed axis.
 
   Args:
     config: The run's config.
@@ -158,11 +161,14 @@ def make_train(config: ml_collections.ConfigDict, model: nn.Module,
     return train_step(state, batch_images, batch_labels, step_keys[index])
 
   seeded_step = over_seeds(one_step, (0, None, None, 0, 0, None), together)
+  # Not donated: the best weights kept between evaluations may share the
+  # state's buffers.
+  if config.steps_per_call == 1:
+    return parallel.jit(seeded_step, mesh)
 
   def block(state, images, labels, order, step_keys, start, count):
-    # A loop of `count` <= steps_per_call steps: one program for every
-    # segment length, so segments cut short by evaluations need no single
-    # steps. Metrics go to a buffer of steps_per_call columns.
+    # One program for every segment length, so segments cut short by
+    # evaluations need no single steps.
     shapes = jax.eval_shape(seeded_step, state, images, labels, order,
                             step_keys, start)[1]
     buffers = jax.tree.map(
@@ -179,21 +185,36 @@ def make_train(config: ml_collections.ConfigDict, model: nn.Module,
 
     return lax.fori_loop(0, count, body, (state, buffers))
 
-  # Not donated: the best weights kept between evaluations may share the
-  # state's buffers.
-  seeded_step = parallel.jit(seeded_step, mesh)
-  block = parallel.jit(block, mesh)
+  return parallel.jit(block, mesh)
+
+
+def make_train(config: ml_collections.ConfigDict, model: nn.Module,
+               mesh: parallel.Mesh = None, together: bool = False
+               ) -> Callable[..., Any]:
+  """``(state, images, labels, order, step_keys, start, stop) -> (state, metrics)``.
+
+  Takes steps ``start`` to ``stop`` of the epoch drawn by :func:`make_draw`
+  for a stack of seeds, in calls of :func:`make_train_call`'s program;
+  metrics come back as NumPy arrays of shape ``(seeds, stop - start)``.
+
+  Args:
+    config: The run's config.
+    model: The Flax module.
+    mesh: The data-parallel mesh, or None.
+    together: Whether all seeds train in one step (see :func:`over_seeds`).
+  """
+  call = make_train_call(config, model, mesh, together)
 
   def train(state, images, labels, order, step_keys, start, stop):
     metrics, counts = [], []
     for index in range(start, stop, config.steps_per_call):
       count = min(config.steps_per_call, stop - index)
       if config.steps_per_call > 1:
-        state, call_metrics = block(state, images, labels, order, step_keys,
-                                    index, count)
+        state, call_metrics = call(state, images, labels, order, step_keys,
+                                   index, count)
       else:
-        state, call_metrics = seeded_step(state, images, labels, order,
-                                          step_keys, index)
+        state, call_metrics = call(state, images, labels, order, step_keys,
+                                   index)
       metrics.append(call_metrics)
       counts.append(count)
     # On the host: eager ops on the device would compile anew for every
