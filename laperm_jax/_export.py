@@ -45,6 +45,7 @@ initial values; a restore recomputes both from what the file holds (or what
 """
 
 from collections.abc import Callable
+import functools
 import hashlib
 import json
 import math
@@ -81,6 +82,7 @@ def export_permutations(
     pack_ranks: bool = True,
     binary: bool = True,
     vector_axes: _weight_vectors.VectorAxes = None,
+    initial_params: Optional[_laperm.InitialParams] = None,
 ) -> None:
   """Writes ``synchronize(params, opt_state)`` as permutations of the init.
 
@@ -116,13 +118,19 @@ def export_permutations(
     vector_axes: The layout :func:`laperm_jax.laperm` was given, in the same
       form (the state does not record it). The file records each leaf's
       layout, so a restore needs none.
+    initial_params: The function :func:`laperm_jax.laperm` was given as
+      ``initial_params``, when the state holds no copy of the initial
+      weights; ``init_fn`` with ``init_key`` stand in for it when given.
 
   Raises:
     ValueError: ``opt_state`` holds no or several LaPerm states, ``params``
       do not match it, ``vector_axes`` is not the state's (where the sorted
-      values tell, as :func:`laperm_jax.synchronize` checks), a permuted weight vector holds a non-finite value (it
-      has no rank order), or ``init_fn(init_key)`` does not regenerate a
-      leaf's initial values; the message names the leaf.
+      values tell, as :func:`laperm_jax.synchronize` checks), a permuted
+      weight vector holds a non-finite value (it has no rank order),
+      ``init_fn(init_key)`` does not regenerate a leaf's initial values, the
+      state holds no initial weights and neither ``initial_params`` nor
+      ``init_fn`` is given, or a leaf is a global array that this process
+      cannot read whole (gather it first); the message names the leaf.
 
   Example:
     >>> import os, tempfile
@@ -156,8 +164,13 @@ def export_permutations(
   if (init_fn is None) != (init_key is None):
     raise ValueError(f'{where}: pass init_fn and init_key together, or '
                      'neither (then the sorted initial values are stored).')
+  _check_addressable(where, params, 'params')
+  _check_addressable(where, state, 'opt_state')
   held, _ = _laperm._zip_leaves(params, state.sorted_init, state.reset_values)  # pylint: disable=protected-access
   layouts = _laperm._state_layouts(where, vector_axes, params, held)  # pylint: disable=protected-access
+  if initial_params is None and init_fn is not None:
+    initial_params = functools.partial(init_fn, init_key)
+  held = _laperm._regenerate(where, held, layouts, params, initial_params)  # pylint: disable=protected-access
   names = [jax.tree_util.keystr(p)
            for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   regenerated = None if init_fn is None else _init_leaves(init_fn, init_key)
@@ -284,6 +297,19 @@ def _laperm_state(opt_state, where) -> _laperm.LaPermState:
         f'{where}: opt_state must hold exactly one LaPermState (the state of '
         f'an optimizer built with laperm_jax.laperm), found {len(states)}.')
   return states[0]
+
+
+def _check_addressable(where, tree, what) -> None:
+  """Raises if a leaf of ``tree`` is a global array this process cannot read."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+        and not leaf.is_fully_replicated):
+      raise ValueError(
+          f'{where}: leaf {what}{jax.tree_util.keystr(path)} is a global '
+          'array sharded over processes, which this process cannot read '
+          'whole: gather params and opt_state first with '
+          'jax.experimental.multihost_utils.process_allgather(tree, '
+          'tiled=True) on every process, and export from one.')
 
 
 def _init_leaves(init_fn, key) -> dict[str, Any]:

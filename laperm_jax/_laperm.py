@@ -1,6 +1,7 @@
 """Lookahead Permutation (LaPerm): train by reconnecting the initial weights."""
 
 from collections.abc import Callable
+import inspect
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
@@ -14,6 +15,17 @@ from laperm_jax import _masks
 from laperm_jax import _weight_vectors
 
 SyncPeriod = Union[int, Callable[[jax.Array], jax.typing.ArrayLike]]
+InitialParams = Callable[[], optax.Params]
+
+
+class FromInitialParams(NamedTuple):
+  """Stands in a :class:`LaPermState` for values ``initial_params`` regenerates.
+
+  :func:`laperm` built with ``initial_params`` puts it where the state would
+  otherwise hold a leaf's sorted initial values or reset values. Like
+  ``optax.MaskedNode`` it is a pytree node without leaves: it holds no
+  memory, and the state stays made of arrays only.
+  """
 
 
 class LaPermState(NamedTuple):
@@ -24,10 +36,12 @@ class LaPermState(NamedTuple):
       is evaluated at.
     steps_since_sync: Number of updates since the last synchronization.
     sorted_init: The params tree with every permuted leaf holding its initial
-      weight vectors sorted ascending (in the leaf's shape and dtype), and
-      ``optax.MaskedNode()`` at every other leaf.
+      weight vectors sorted ascending (in the leaf's shape and dtype), or
+      :class:`FromInitialParams` when :func:`laperm` was given
+      ``initial_params``, and ``optax.MaskedNode()`` at every other leaf.
     reset_values: The params tree with every leaf of ``reset_mask`` holding
-      its initial values, and ``optax.MaskedNode()`` at every other leaf.
+      its initial values (or :class:`FromInitialParams`, as above), and
+      ``optax.MaskedNode()`` at every other leaf.
     inner_state: State of the inner optimizer.
   """
 
@@ -46,6 +60,7 @@ def laperm(
     reset_mask: Optional[_masks.Mask] = None,
     reset_inner_state: bool = False,
     vector_axes: _weight_vectors.VectorAxes = None,
+    initial_params: Optional[InitialParams] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Lookahead Permutation: the inner optimizer only chooses where weights go.
 
@@ -83,6 +98,13 @@ def laperm(
   non-finite initial values (when called outside jit, where it can see
   them).
 
+  Memory: the state holds the inner optimizer's state, two int32 counters
+  and one sorted copy of the permuted leaves (and of the ``reset_mask``
+  leaves). With ``initial_params``, a function that regenerates the initial
+  params (the initial weights are deterministic on one platform), it holds
+  no copy: each sync calls it, inside the sync branch only, and sorts what
+  it returns. Non-sync steps do not call it.
+
   Args:
     inner: The optimizer that proposes the moves (Adam in the paper).
     sync_period: Steps between syncs (the paper's ``k``): an int >= 1, or a
@@ -106,6 +128,17 @@ def laperm(
       its shape). None, at the root or at a leaf: all axes but the last.
       The state does not record it: pass the same ``vector_axes`` to
       :func:`synchronize` and :func:`laperm_jax.export_permutations`.
+    initial_params: A function of no arguments, traceable by ``jax.jit``,
+      returning the initial params (e.g. ``lambda: model.init(key,
+      x)['params']``, or the pruned or shared-value params made from a key):
+      the state then holds no copy of the initial weights, and every sync
+      regenerates and sorts them. ``init`` checks that its result has the
+      structure, shapes and dtypes of ``params`` and, outside jit, that it
+      equals the ``params`` given to ``init`` bit for bit at every permuted
+      and reset leaf (else the syncs would place other values than the
+      initial ones); the result inside the jitted step must be the same bits,
+      as ``jax.random`` gives on one platform. Pass the same function to
+      :func:`synchronize` and :func:`laperm_jax.export_permutations`.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`; extra keyword
@@ -126,12 +159,31 @@ def laperm(
     >>> bool(jnp.all(jnp.sort(exact['w'], axis=0) == state.sorted_init['w']))
     True
 
+    Without the copy of the initial weights in the state:
+
+    >>> initial = lambda: {'w': jax.random.normal(jax.random.key(0), (3, 2))}
+    >>> params = initial()
+    >>> tx = lp.laperm(optax.adam(1e-1), 2, initial_params=initial)
+    >>> state = tx.init(params)
+    >>> state.sorted_init
+    {'w': FromInitialParams()}
+    >>> for _ in range(2):
+    ...   grads = jax.grad(loss)(params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> exact = lp.synchronize(params, state, initial_params=initial)
+    >>> bool(jnp.all(jnp.sort(exact['w'], axis=0) == jnp.sort(initial()['w'],
+    ...                                                        axis=0)))
+    True
+
   References:
     Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
   """
   if not callable(sync_period):
     _check_sync_period(sync_period)
+  if initial_params is not None:
+    _check_no_arguments(initial_params)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> LaPermState:
@@ -148,10 +200,16 @@ def laperm(
     _check_leaves(params, permuted, reset)
     layouts = _weight_vectors.checked_layouts('laperm', vector_axes, params,
                                               permuted)
-    sorted_init = _select(
-        lambda leaf, axes: _weight_vectors.sort_vectors(leaf, vector_axes=axes),
-        params, permuted, layouts)
-    reset_values = _select(lambda leaf: leaf, params, reset)
+    if initial_params is None:
+      sorted_init = _select(
+          lambda leaf, axes: _weight_vectors.sort_vectors(leaf,
+                                                          vector_axes=axes),
+          params, permuted, layouts)
+      reset_values = _select(lambda leaf: leaf, params, reset)
+    else:
+      _check_initial_params(initial_params, params, permuted, reset)
+      sorted_init = _select(lambda _: FromInitialParams(), params, permuted)
+      reset_values = _select(lambda _: FromInitialParams(), params, reset)
     return LaPermState(
         count=count,
         steps_since_sync=steps_since_sync,
@@ -177,6 +235,8 @@ def laperm(
     layouts = _weight_vectors.checked_layouts(
         'laperm', vector_axes, params,
         [not _is_masked(sorted_values) for _, sorted_values, _ in held])
+    # Regenerated here, in the sync branch, so non-sync steps never pay it.
+    held = _regenerate('laperm', held, layouts, params, initial_params)
     update_leaves, treedef = jax.tree.flatten(inner_updates, is_leaf=_is_masked)
     sync_updates = treedef.unflatten([
         _sync_update(*leaf, update, axes)
@@ -223,6 +283,7 @@ def synchronize(
     opt_state: optax.OptState,
     *,
     vector_axes: _weight_vectors.VectorAxes = None,
+    initial_params: Optional[InitialParams] = None,
 ) -> optax.Params:
   """Returns ``params`` synchronized exactly, as a LaPerm sync would set them.
 
@@ -246,7 +307,11 @@ def synchronize(
       initial values are not sorted (e.g. the default for a state built with
       ``vector_axes=(0,)`` on attention kernels) raises a ``ValueError``. A
       layout whose weight vectors are parts of the state's (a subset of its
-      fan-in axes) cannot be told apart that way.
+      fan-in axes) cannot be told apart that way, nor any layout for a state
+      that holds no sorted values (built with ``initial_params``).
+    initial_params: The function :func:`laperm` was given as
+      ``initial_params``; needed (and only called) when the state holds no
+      copy of the initial weights.
 
   Returns:
     The synchronized params, with the structure and dtypes of ``params``.
@@ -277,6 +342,7 @@ def synchronize(
   for state in states:
     held, treedef = _zip_leaves(params, state.sorted_init, state.reset_values)
     layouts = _state_layouts('synchronize', vector_axes, params, held)
+    held = _regenerate('synchronize', held, layouts, params, initial_params)
     params = treedef.unflatten([
         _sync_leaf(*leaf, axes) for leaf, axes in zip(held, layouts)])
   return params
@@ -295,8 +361,8 @@ def _zip_leaves(params, sorted_init, reset_values):
   flat, treedef = jax.tree_util.tree_flatten_with_path(params,
                                                        is_leaf=_is_masked)
   held_flat = jax.tree_util.tree_flatten_with_path(sorted_init,
-                                                   is_leaf=_is_masked)[0]
-  reset_leaves = jax.tree.leaves(reset_values, is_leaf=_is_masked)
+                                                   is_leaf=_is_placeholder)[0]
+  reset_leaves = jax.tree.leaves(reset_values, is_leaf=_is_placeholder)
   paths = [jax.tree_util.keystr(path) for path, _ in flat]
   held_paths = [jax.tree_util.keystr(path) for path, _ in held_flat]
   if paths != held_paths:
@@ -305,7 +371,7 @@ def _zip_leaves(params, sorted_init, reset_values):
         f'the LaPerm state was initialized with, {held_paths}.')
   sorted_leaves = [held for _, held in held_flat]
   for name, (_, param), held in zip(paths, flat, sorted_leaves):
-    if not _is_masked(held) and jnp.shape(param) != held.shape:
+    if not _is_placeholder(held) and jnp.shape(param) != held.shape:
       raise ValueError(
           f'leaf {name} has shape {jnp.shape(param)} but the LaPerm state '
           f'holds {held.shape} for it: params do not match the structure of '
@@ -325,12 +391,11 @@ def _state_layouts(where, vector_axes, params, held):
   permuted = [not _is_masked(sorted_values) for _, sorted_values, _ in held]
   layouts = _weight_vectors.checked_layouts(where, vector_axes, params,
                                             permuted)
-  names = [jax.tree_util.keystr(path) for path, _ in
-           jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_masked)[0]]
+  names = _paths(params)
   checked = [(name, sorted_values, axes)
              for name, (_, sorted_values, _), axes in zip(names, held, layouts)
-             if axes is not None
-             and not isinstance(sorted_values, jax.core.Tracer)]
+             if axes is not None and not isinstance(
+                 sorted_values, (jax.core.Tracer, FromInitialParams))]
   is_sorted = _weight_vectors.vectors_are_sorted(
       [sorted_values for _, sorted_values, _ in checked],
       tuple(axes for _, _, axes in checked))
@@ -341,6 +406,112 @@ def _state_layouts(where, vector_axes, params, held):
           f'{name} that are not sorted along its weight vectors under '
           f'vector_axes {axes}: pass the vector_axes laperm was built with.')
   return layouts
+
+
+def _regenerate(where, held, layouts, params, initial_params):
+  """``held`` with every :class:`FromInitialParams` replaced by its values.
+
+  Sorted values are ``initial_params()``'s leaf sorted under its layout;
+  reset values are the leaf itself.
+  """
+  if not any(isinstance(value, FromInitialParams)
+             for _, sorted_values, reset_value in held
+             for value in (sorted_values, reset_value)):
+    return held
+  if initial_params is None:
+    raise ValueError(
+        f'{where}: the LaPerm state holds no copy of the initial weights '
+        '(laperm was built with initial_params): pass the same function as '
+        'initial_params.')
+  initial = _initial_leaves(where, initial_params, params)
+
+  def resolve(name, value, axes, sort):
+    if not isinstance(value, FromInitialParams):
+      return value
+    if sort:
+      return _weight_vectors.sort_vectors(initial[name], vector_axes=axes)
+    return initial[name]
+
+  names = _paths(params)
+  return [(param, resolve(name, sorted_values, axes, sort=True),
+           resolve(name, reset_value, axes, sort=False))
+          for name, (param, sorted_values, reset_value), axes
+          in zip(names, held, layouts)]
+
+
+def _initial_leaves(where, initial_params, params) -> dict[str, jax.Array]:
+  """``initial_params()``'s leaves by path, checked to have ``params``' shapes.
+
+  Called through ``jax.jit`` so that every call, eager or inside a train
+  step, runs the same computation.
+  """
+  _check_initial_shapes(where, initial_params, params)
+  values = jax.jit(initial_params)()
+  return {jax.tree_util.keystr(path): leaf for path, leaf in
+          jax.tree_util.tree_flatten_with_path(values)[0]}
+
+
+def _check_initial_shapes(where, initial_params, params) -> None:
+  """Raises unless ``initial_params()`` has ``params``' leaves, shapes, dtypes."""
+  shapes = jax.eval_shape(initial_params)
+  expected = {jax.tree_util.keystr(path): leaf for path, leaf in
+              jax.tree_util.tree_flatten_with_path(params,
+                                                   is_leaf=_is_masked)[0]}
+  found = {jax.tree_util.keystr(path): leaf for path, leaf in
+           jax.tree_util.tree_flatten_with_path(shapes)[0]}
+  if list(found) != list(expected):
+    missing = [name for name in expected if name not in found]
+    extra = [name for name in found if name not in expected]
+    raise ValueError(
+        f'{where}: initial_params() returns a tree whose leaves do not match '
+        f'the params: leaves of the params it lacks: {missing}; leaves it '
+        f'has that the params do not: {extra}' +
+        ('' if missing or extra else '; the same leaves in another order') +
+        '.')
+  for name, leaf in expected.items():
+    if _is_masked(leaf):
+      continue
+    shape, dtype = tuple(jnp.shape(leaf)), jnp.result_type(leaf)
+    if (found[name].shape, found[name].dtype) != (shape, dtype):
+      raise ValueError(
+          f'{where}: initial_params() returns leaf {name} as '
+          f'{found[name].dtype}{list(found[name].shape)}, but the params '
+          f'hold {dtype}{list(shape)}.')
+
+
+def _check_initial_params(initial_params, params, permuted, reset) -> None:
+  """Raises unless ``initial_params()`` regenerates the selected leaves.
+
+  Shapes and dtypes are always checked; values only outside jit, bit for
+  bit: a function that regenerates other values (another key, another
+  pruning) would silently train a permutation of other weights.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  selected = [(jax.tree_util.keystr(path), leaf)
+              for (path, leaf), is_permuted, is_reset
+              in zip(flat, permuted, reset) if is_permuted or is_reset]
+  if any(isinstance(leaf, jax.core.Tracer) for _, leaf in selected):
+    _check_initial_shapes('laperm', initial_params, params)
+    return
+  initial = _initial_leaves('laperm', initial_params, params)
+  for name, leaf in selected:
+    if not _same_bits(initial[name], leaf):
+      raise ValueError(
+          f'laperm: initial_params() regenerates leaf {name} with other values '
+          'than the params given to init: it must return the initial params '
+          'bit for bit (same key, init function, pruning and dtype).')
+
+
+def _same_bits(a: jax.Array, b: jax.Array) -> bool:
+  """Whether ``a`` and ``b`` hold the same bits (NaN == NaN, -0.0 != 0.0)."""
+  bits = jnp.dtype(f'uint{jnp.dtype(jnp.result_type(a)).itemsize * 8}')
+  return bool(jnp.array_equal(lax.bitcast_convert_type(a, bits),
+                              lax.bitcast_convert_type(b, bits)))
+
+
+def _paths(params) -> list[str]:
+  return [jax.tree_util.keystr(path) for path, _ in
+          jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_masked)[0]]
 
 
 def _sync_leaf(leaf, sorted_values, reset_value, axes):
@@ -383,6 +554,11 @@ def _is_masked(x: Any) -> bool:
   return isinstance(x, optax.MaskedNode)
 
 
+def _is_placeholder(x: Any) -> bool:
+  """A leaf of the state that holds no array: masked, or regenerated."""
+  return isinstance(x, (optax.MaskedNode, FromInitialParams))
+
+
 def _select(fn, params, selection, *per_leaf):
   """``fn(leaf, *per_leaf values)`` at selected leaves, else MaskedNode."""
   leaves, treedef = jax.tree.flatten(params)
@@ -399,6 +575,21 @@ def _check_sync_period(sync_period) -> None:
         f'laperm: sync_period must be a scalar, got shape {np.shape(sync_period)}.')
   if sync_period < 1:
     raise ValueError(f'laperm: sync_period must be >= 1, got {sync_period}.')
+
+
+def _check_no_arguments(initial_params) -> None:
+  if not callable(initial_params):
+    raise TypeError(
+        'laperm: initial_params must be a function of no arguments returning '
+        f'the initial params, got {type(initial_params).__name__}.')
+  try:
+    inspect.signature(initial_params).bind()
+  except TypeError as error:
+    raise TypeError(
+        'laperm: initial_params must be callable with no arguments (it '
+        f'regenerates the initial params by itself): {error}.') from error
+  except ValueError:
+    pass  # No signature to check (a builtin): the first call will tell.
 
 
 def _check_leaves(params, permuted, reset) -> None:
