@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from experiments import layers
+
 # The conv nets (Section 5) initialize kernels and biases He-uniform. The A.3
 # MLP uses "uniform random weights as introduced in [14]" (He et al. 2015),
 # the same He-uniform kernels, with zero biases.
@@ -39,6 +41,13 @@ def he_uniform_bias(key: jax.Array, shape: Sequence[int],
 
 ConvHe = functools.partial(nn.Conv, kernel_init=he_uniform,
                            bias_init=he_uniform_bias)
+# Conv7's strided 8x8 conv and its last conv: XLA's CPU backend computes their
+# input gradients slowly, layers.PatchesGradientConv fast, with nn.Conv's
+# parameters, initial bits, outputs and kernel gradients
+# (benchmarks/conv_layers.py measures each layer).
+ConvHePatchesGradient = functools.partial(
+    layers.PatchesGradientConv, kernel_init=he_uniform,
+    bias_init=he_uniform_bias)
 DenseHe = functools.partial(nn.Dense, kernel_init=he_uniform,
                             bias_init=he_uniform_bias)
 
@@ -116,12 +125,12 @@ class Conv7(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     padding = 'VALID' if x.shape[1] >= 28 else 'SAME'
-    for filters in (32, 64):
+    for filters, strided_conv in ((32, ConvHe), (64, ConvHePatchesGradient)):
       x = nn.relu(ConvHe(filters, (3, 3), padding=padding)(x))
       x = nn.relu(ConvHe(filters, (3, 3), padding=padding)(x))
-      x = nn.relu(ConvHe(filters, (5, 5), strides=2, padding='SAME')(x))
+      x = nn.relu(strided_conv(filters, (5, 5), strides=2, padding='SAME')(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(ConvHe(128, x.shape[1:3], padding='VALID')(x))
+    x = nn.relu(ConvHePatchesGradient(128, x.shape[1:3], padding='VALID')(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(_flatten(x))
     return DenseHe(self.num_classes, name='head')(x)
 
