@@ -31,8 +31,16 @@ kernel `(features, heads * head_dim)` (leading fan-in axes: a reshape), and
 a transposed kernel `(out, in)` with `vector_axes=(1,)` against `(in, out)`
 (a transpose in and out). Both syncs give bitwise the same weights, laid
 out each its way (checked).
+
+A third table times the sync of a state without the copy of the initial
+weights (`laperm(..., initial_params=fn)`): `stored` (`synchronize` with
+the sorted copy in the state) against `regenerated` (`synchronize` calling
+`fn`, then sorting its kernels), interleaved, and `fn` alone, for an MLP
+whose init is He-uniform via `jax.random`. Both give bitwise the same
+weights (checked).
 Run: `python benchmarks/sync_cost.py [--quick] [--repeats N] [--leaf
-4608,3200 ...] [--layouts]` (`--layouts`: the layout table only).
+4608,3200 ...] [--layouts] [--regenerate]` (`--layouts`, `--regenerate`:
+that table only).
 """
 
 import argparse
@@ -69,6 +77,9 @@ LAYOUTS = [
     ('transposed (1000, 1000)', (1000, 1000), (1000, 1000), (1,)),
     ('transposed (3200, 4608)', (4608, 3200), (3200, 4608), (1,)),
 ]
+# Widths of the MLPs whose initial weights are regenerated.
+MLPS = [(784, 2048, 2048, 10)]
+QUICK_MLPS = [(784, 128, 64, 10)]
 QUICK_LAYOUTS = [
     ('attention (128, 8, 16)', (128, 128), (128, 8, 16), (0,)),
     ('transposed (128, 784)', (784, 128), (128, 784), (1,)),
@@ -180,6 +191,44 @@ def measure_layout(shape, layout_shape, vector_axes, repeats):
   return _median_times(functions, args, repeats)
 
 
+def _he_uniform_mlp(widths):
+  """The initial params of an MLP: He-uniform kernels, zero biases."""
+  keys = jax.random.split(jax.random.key(0), len(widths) - 1)
+  params = {}
+  for i, (key, fan_in, fan_out) in enumerate(zip(keys, widths[:-1],
+                                                  widths[1:])):
+    limit = float(np.sqrt(6.0 / fan_in))
+    params[f'dense{i}'] = {
+        'kernel': jax.random.uniform(key, (fan_in, fan_out), minval=-limit,
+                                     maxval=limit),
+        'bias': jnp.zeros(fan_out)}
+  return params
+
+
+def measure_regenerated(widths, repeats):
+  """Median times: sync from the stored copy, from `initial_params`, init."""
+  initial_params = functools.partial(_he_uniform_mlp, widths)
+  initial = initial_params()
+  moved = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(
+      jax.random.key(1), x.shape), initial)
+  stored = lp.laperm(optax.identity(), 1).init(initial)
+  copy_free = lp.laperm(optax.identity(), 1,
+                        initial_params=initial_params).init(initial)
+  functions = {
+      'stored': jax.jit(lp.synchronize),
+      'regenerated': jax.jit(functools.partial(
+          lp.synchronize, initial_params=initial_params)),
+      'init': jax.jit(initial_params),
+  }
+  args = {'stored': (moved, stored), 'regenerated': (moved, copy_free),
+          'init': ()}
+  for a, b in zip(jax.tree.leaves(functions['stored'](*args['stored'])),
+                  jax.tree.leaves(functions['regenerated'](
+                      *args['regenerated']))):
+    np.testing.assert_array_equal(a, b)
+  return _median_times(functions, args, repeats)
+
+
 def _load() -> str:
   return (f'load average {", ".join(f"{x:.2f}" for x in os.getloadavg())} '
           f'(1, 5, 15 min) on {os.cpu_count()} cores')
@@ -195,6 +244,9 @@ def main():
                       '(repeatable; no models)')
   parser.add_argument('--layouts', action='store_true',
                       help='only the table of weight-vector layouts')
+  parser.add_argument('--regenerate', action='store_true',
+                      help='only the table of syncs that regenerate the '
+                      'initial weights')
   args = parser.parse_args()
   if args.leaf:
     leaves = [tuple(int(n) for n in shape.split(',')) for shape in args.leaf]
@@ -207,12 +259,26 @@ def main():
   print(f'device: {device.platform} ({device.device_kind}), '
         f'jax {jax.__version__}, repeats {args.repeats}')
   print(f'before: {_load()}', flush=True)
-  if not args.layouts:
+  if not (args.layouts or args.regenerate):
     _print_sync_table(rows, args.repeats)
-  if not args.leaf:
+  if not (args.leaf or args.regenerate):
     _print_layout_table(QUICK_LAYOUTS if args.quick else LAYOUTS,
                         args.repeats)
+  if not (args.leaf or args.layouts):
+    _print_regenerated_table(QUICK_MLPS if args.quick else MLPS, args.repeats)
   print(f'after:  {_load()}')
+
+
+def _print_regenerated_table(mlps, repeats):
+  print(f'\n{"MLP (He-uniform init)":<30}{"params":>11}{"stored ms":>11}'
+        f'{"regenerated ms":>16}{"init ms":>9}{"regenerated/stored":>20}')
+  for widths in mlps:
+    t = measure_regenerated(widths, repeats)
+    size = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    print(f'{"-".join(map(str, widths)):<30}{size:>11,}'
+          f'{t["stored"] * 1e3:>11.1f}{t["regenerated"] * 1e3:>16.1f}'
+          f'{t["init"] * 1e3:>9.1f}'
+          f'{t["regenerated"] / t["stored"]:>20.2f}', flush=True)
 
 
 def _print_layout_table(layouts, repeats):
