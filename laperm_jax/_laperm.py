@@ -235,12 +235,17 @@ def laperm(
     layouts = _weight_vectors.checked_layouts(
         'laperm', vector_axes, params,
         [not _is_masked(sorted_values) for _, sorted_values, _ in held])
-    # Regenerated here, in the sync branch, so non-sync steps never pay it.
-    held = _regenerate('laperm', held, layouts, params, initial_params)
+    # Regenerated here, in the sync branch, so non-sync steps never pay it,
+    # and sorted chunk by chunk in the sync: no sorted copy of a whole leaf.
+    sort_rows = [isinstance(sorted_values, FromInitialParams)
+                 for _, sorted_values, _ in held]
+    held = _regenerate('laperm', held, layouts, params, initial_params,
+                       sort=False)
     update_leaves, treedef = jax.tree.flatten(inner_updates, is_leaf=_is_masked)
     sync_updates = treedef.unflatten([
-        _sync_update(*leaf, update, axes)
-        for leaf, update, axes in zip(held, update_leaves, layouts)])
+        _sync_update(*leaf, update, axes, sort)
+        for leaf, update, axes, sort in zip(held, update_leaves, layouts,
+                                            sort_rows)])
     if reset_inner_state:
       inner_state = inner.init(optax.apply_updates(params, sync_updates))
     return sync_updates, inner_state
@@ -408,11 +413,11 @@ def _state_layouts(where, vector_axes, params, held):
   return layouts
 
 
-def _regenerate(where, held, layouts, params, initial_params):
+def _regenerate(where, held, layouts, params, initial_params, *, sort=True):
   """``held`` with every :class:`FromInitialParams` replaced by its values.
 
-  Sorted values are ``initial_params()``'s leaf sorted under its layout;
-  reset values are the leaf itself.
+  Sorted values are ``initial_params()``'s leaf sorted under its layout
+  (left unsorted unless ``sort``); reset values are the leaf itself.
   """
   if not any(isinstance(value, FromInitialParams)
              for _, sorted_values, reset_value in held
@@ -425,16 +430,16 @@ def _regenerate(where, held, layouts, params, initial_params):
         'initial_params.')
   initial = _initial_leaves(where, initial_params, params)
 
-  def resolve(name, value, axes, sort):
+  def resolve(name, value, axes, sort_values):
     if not isinstance(value, FromInitialParams):
       return value
-    if sort:
+    if sort_values:
       return _weight_vectors.sort_vectors(initial[name], vector_axes=axes)
     return initial[name]
 
   names = _paths(params)
-  return [(param, resolve(name, sorted_values, axes, sort=True),
-           resolve(name, reset_value, axes, sort=False))
+  return [(param, resolve(name, sorted_values, axes, sort_values=sort),
+           resolve(name, reset_value, axes, sort_values=False))
           for name, (param, sorted_values, reset_value), axes
           in zip(names, held, layouts)]
 
@@ -525,8 +530,13 @@ def _sync_leaf(leaf, sorted_values, reset_value, axes):
   return leaf
 
 
-def _sync_update(param, sorted_values, reset_value, update, axes):
-  """The update that moves ``param`` where a sync puts ``param + update``."""
+def _sync_update(param, sorted_values, reset_value, update, axes,
+                 sort_rows=False):
+  """The update that moves ``param`` where a sync puts ``param + update``.
+
+  With ``sort_rows``, ``sorted_values`` are the initial values unsorted, and
+  each chunk of weight vectors is sorted where it is placed.
+  """
   if _is_masked(sorted_values) and _is_masked(reset_value):
     return update
   if _is_masked(sorted_values):
@@ -535,6 +545,8 @@ def _sync_update(param, sorted_values, reset_value, update, axes):
   # Row by row (in chunks on CPU), the update is computed into the buffer of
   # the inner update, so the sync branch needs no leaf-sized temporaries.
   def sync_rows(update_rows, param_rows, sorted_rows):
+    if sort_rows:
+      sorted_rows = jnp.sort(sorted_rows, axis=1)
     target = optax.apply_updates(param_rows, update_rows)
     new = _place_rows_or_nan(target, sorted_rows)
     return (new - param_rows).astype(update_rows.dtype)
