@@ -180,3 +180,18 @@ def test_docstring_examples_run(name):
   runner = doctest.DocTestRunner()
   runner.run(test)
   assert runner.failures == 0
+
+
+def test_conv7_params_and_outputs_are_those_of_plain_nn_conv(monkeypatch):
+  images = _normal(5, (2, 28, 28, 1))
+  model = models.Conv7()
+
+  def init_and_apply():
+    variables = jax.jit(model.init)(jax.random.key(0), images[:1])
+    return variables, jax.jit(model.apply)(variables, images)
+
+  variables, logits = init_and_apply()
+  monkeypatch.setattr(models, 'ConvHePatchesGradient', models.ConvHe)
+  plain_variables, plain_logits = init_and_apply()
+  jax.tree.map(np.testing.assert_array_equal, variables, plain_variables)
+  np.testing.assert_array_equal(logits, plain_logits)
