@@ -7,7 +7,8 @@ For the models of `step_overhead.py` (MLP, Conv7, Conv13), prints:
   leaves (the sorted initial weights) plus its scalar counters; and the
   state of `laperm(adam, k, initial_params=...)`, which regenerates the
   initial weights at each sync instead of storing them (it must add only
-  the counters);
+  the counters), and the temporaries of that regenerating function alone
+  (`jax.jit(initial_params)`), which its sync branch needs too;
 - XLA's memory analysis of the compiled train step (arguments, outputs,
   temporaries; available on every backend), plain and donated;
 - the device's peak memory after running the step, where the backend
@@ -58,7 +59,7 @@ def main():
         f'jax {jax.__version__}; sizes in MiB')
   print(f'{"model":<8}{"params":>9}{"permuted":>10}{"adam state":>12}'
         f'{"laperm state":>14}{"added":>9}{"added - permuted":>18}'
-        f'{"copy-free state":>17}{"added":>9}')
+        f'{"copy-free state":>17}{"added":>9}{"regenerate temp":>17}')
   steps = []
   for name in args.models.split(','):
     model = step_overhead.MODELS[name](0)
@@ -72,10 +73,13 @@ def main():
         initial_params=_regenerated(name)).init(model.params)
     added = _bytes(laperm_state) - _bytes(adam_state)
     copy_free_added = _bytes(copy_free_state) - _bytes(adam_state)
+    regenerate_temp = jax.jit(_regenerated(name)).lower().compile(
+    ).memory_analysis().temp_size_in_bytes
     print(f'{name:<8}{_mib(_bytes(model.params)):>9}{_mib(permuted):>10}'
           f'{_mib(_bytes(adam_state)):>12}{_mib(_bytes(laperm_state)):>14}'
           f'{_mib(added):>9}{added - permuted:>16,} B'
-          f'{_mib(_bytes(copy_free_state)):>17}{copy_free_added:>7,} B')
+          f'{_mib(_bytes(copy_free_state)):>17}{copy_free_added:>7,} B'
+          f'{_mib(regenerate_temp):>17}')
     steps.append((name, model))
 
   print(f'\n{"model":<8}{"jit":<9}{"optimizer":<11}{"arguments":>11}'

@@ -19,7 +19,7 @@ InitialParams = Callable[[], optax.Params]
 
 
 class FromInitialParams(NamedTuple):
-  """Stands in a :class:`LaPermState` for values ``initial_params`` regenerates.
+  """Marks a leaf of a :class:`LaPermState` that ``initial_params`` regenerates.
 
   :func:`laperm` built with ``initial_params`` puts it where the state would
   otherwise hold a leaf's sorted initial values or reset values. Like
@@ -103,7 +103,8 @@ def laperm(
   leaves). With ``initial_params``, a function that regenerates the initial
   params (the initial weights are deterministic on one platform), it holds
   no copy: each sync calls it, inside the sync branch only, and sorts what
-  it returns. Non-sync steps do not call it.
+  it returns (the regenerated values are temporaries of the sync, not
+  state). Non-sync steps do not call it.
 
   Args:
     inner: The optimizer that proposes the moves (Adam in the paper).

@@ -339,3 +339,16 @@ def test_synchronize_checks_the_regenerated_shapes():
     lp.synchronize(params, state, initial_params=lambda: {
         **_initial(), 'conv': jnp.ones((2, 2))})
 
+
+
+def test_only_the_sync_branch_regenerates():
+  tx = lp.laperm(optax.sgd(0.1), 2, initial_params=_initial)
+  params = _initial()
+  jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params).jaxpr
+  conds = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == 'cond']
+  assert len(conds) == 1
+  keep, sync = conds[0].params['branches']
+  assert 'random_bits' in str(sync)
+  assert 'random_bits' not in str(keep)
+  assert not any('random_bits' in str(eqn) for eqn in jaxpr.eqns
+                 if eqn.primitive.name != 'cond')
