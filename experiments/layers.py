@@ -2,8 +2,8 @@
 
 XLA's CPU backend runs some of Conv7's convolutions slowly, above all the
 input gradient of a strided one, which it computes as a convolution of the
-input-dilated cotangent (on Conv7's 8x8 64->64 5x5 stride-2 layer, about
-ten times its forward pass). Written as im2col, the ``kh * kw`` strided
+input-dilated cotangent (on Conv7's 8x8 64->64 5x5 stride-2 layer, many
+times the cost of its forward pass). Written as im2col, the ``kh * kw`` strided
 slices of the padded input concatenated along the channels, then one
 ``dot_general`` with the kernel reshaped to ``(kh * kw * in, out)``, a
 convolution differentiates into slices, pads and matrix products, which the
@@ -15,9 +15,9 @@ backend runs through its fast dot kernels.
   gradient through patches.
 
 Which layers gain is a matter of measurement, per layer and pass
-(``benchmarks/conv_layers.py``). Both differ from
-``lax.conv_general_dilated`` only in the order in which float32 products
-are summed.
+(``benchmarks/conv_layers.py``). Where either differs from
+``lax.conv_general_dilated``, it is only in the order in which float32
+products are summed.
 
 ``PatchesConv`` and ``PatchesGradientConv`` are Flax's own ``nn.Conv`` with
 these functions as its ``conv_general_dilated``: same parameters
