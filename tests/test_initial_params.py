@@ -352,3 +352,20 @@ def test_only_the_sync_branch_regenerates():
   assert 'random_bits' not in str(keep)
   assert not any('random_bits' in str(eqn) for eqn in jaxpr.eqns
                  if eqn.primitive.name != 'cond')
+
+
+def test_sharded_params_sync_as_the_stored_copy():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ('model',))
+  by_output = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, 'model'))
+  initial = lambda: {'kernel': jax.nn.initializers.he_uniform()(
+      jax.random.key(3), (16, 8)), 'bias': jnp.zeros(8)}
+  shardings = {'kernel': by_output,
+               'bias': jax.sharding.NamedSharding(
+                   mesh, jax.sharding.PartitionSpec())}
+  runs = []
+  for tx in (lp.laperm(optax.adam(0.1), 2),
+             lp.laperm(optax.adam(0.1), 2, initial_params=initial)):
+    params = jax.device_put(initial(), shardings)
+    runs.append(_train(tx, params, 5, 'jit'))
+  _assert_runs_equal(*runs)
