@@ -20,6 +20,7 @@ from laperm_jax._initializers import PruneResult
 from laperm_jax._initializers import random_prune
 from laperm_jax._initializers import shared_value
 from laperm_jax._initializers import size_aware_rates
+from laperm_jax._laperm import FromInitialParams
 from laperm_jax._laperm import LaPermState
 from laperm_jax._laperm import laperm
 from laperm_jax._laperm import synchronize
@@ -32,6 +33,7 @@ __version__ = '0.1.0'
 
 __all__ = (
     'CycleSummary',
+    'FromInitialParams',
     'LaPermState',
     'PruneResult',
     'RankingDistance',
