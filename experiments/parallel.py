@@ -127,7 +127,7 @@ def describe(mesh: Mesh) -> str:
 def initialize(coordinator: Optional[str] = None,
                num_processes: Optional[int] = None,
                process_id: Optional[int] = None, *,
-               timeout: int = 60) -> None:
+               timeout: int = 60, heartbeat_timeout: int = 30) -> None:
   """Joins this process to a multi-process run (``jax.distributed``).
 
   With no arguments, JAX detects the cluster itself (TPU pods, SLURM, Open
@@ -139,11 +139,17 @@ def initialize(coordinator: Optional[str] = None,
     num_processes: How many processes the run has.
     process_id: This process's index, from 0.
     timeout: Seconds to wait for every process to join before failing.
+    heartbeat_timeout: Seconds after which a process that stopped answering
+      (it failed, or its host did) fails the others, instead of leaving
+      them waiting in a collective; also the most a process waits for the
+      others at exit.
   """
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(
       coordinator_address=coordinator, num_processes=num_processes,
-      process_id=process_id, initialization_timeout=timeout)
+      process_id=process_id, initialization_timeout=timeout,
+      heartbeat_timeout_seconds=heartbeat_timeout,
+      shutdown_timeout_seconds=heartbeat_timeout)
 
 
 def is_writer() -> bool:

@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = 'mlp'
   config.model.dropout_rates = (0.0, 0.0)
   config.model.blocks_per_stage = 8
+  # Conv7: input gradients of two convs through patches (models.Conv7).
+  config.model.patches_input_gradient = True
   # The ViT (not in the paper): token width, blocks, heads, MLP units, and
   # patches along each image side.
   config.model.width = 64
