@@ -38,6 +38,10 @@ section_f() {  # 1. weight-agnostic F1, F2, F2 size-aware (Section 5.5, A.5.0)
   run f2 f2 --dataset "$DATA" --seeds "$SEEDS" --out "$OUT/f2"
   run f2-size-aware f2-size-aware --dataset "$DATA" --seeds "$SEEDS" \
     --out "$OUT/f2-size-aware"
+  # F2 and F2 size-aware over 20 seeds (docs/results/f2*/ holds their files).
+  run f2-20 f2 --dataset "$DATA" --seeds 20 --out "$OUT/f2-20"
+  run f2-size-aware-20 f2-size-aware --dataset "$DATA" --seeds 20 \
+    --out "$OUT/f2-size-aware-20"
   # The same F1 on z-scored pixels (the presets' normalization before they
   # followed the authors' notebooks).
   run f1-zscore f1 --dataset "$DATA" --seeds "$SEEDS" \
