@@ -27,7 +27,7 @@ from experiments import configs  # pylint: disable=g-import-not-at-top,wrong-imp
 from experiments import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _load() -> str:
@@ -55,10 +55,10 @@ def main():
   for steps_per_call in sorted({config.steps_per_call, 1}, reverse=True):
     run_config = ml_collections.ConfigDict(config.to_dict())
     run_config.steps_per_call = steps_per_call
-    state = steps.stack_seeds([state_lib.create_train_state(
+    state = steps_lib.stack_seeds([state_lib.create_train_state(
         run_config, model, image_shape, steps_per_epoch)])
-    draw = steps.make_draw(run_config, steps_per_epoch)
-    train_steps = steps.make_train(run_config, model, together=True)
+    draw = steps_lib.make_draw(run_config, steps_per_epoch)
+    train_steps = steps_lib.make_train(run_config, model, together=True)
     order, step_keys = draw(jnp.stack([jax.random.key(0)]), len(labels))
     jax.block_until_ready(
         train_steps(state, images, labels, order, step_keys, 0, steps))
