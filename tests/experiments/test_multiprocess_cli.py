@@ -5,13 +5,14 @@ multi-process runtime. Against one process with two CPU devices, the same
 mesh: F1 on digits gives the same history, bit for bit (an all-reduce of
 two values sums them in one order); a checkpoint written by two processes
 resumes in one and the other way round, ending as the uninterrupted run; a
-batch that the devices do not divide stops both processes with the error;
-only process 0 writes files.
+batch that the devices do not divide, or processes started with different
+settings, stop both processes with the error; only process 0 writes files.
 """
 
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -78,7 +79,26 @@ def _run_all(out: pathlib.Path) -> dict:
   results['bad'] = {'seconds': time.perf_counter() - start,
                     'returncode': completed.returncode,
                     'stderr': completed.stderr}
+  results['disagree'] = _disagreeing_processes(out / 'disagree')
   return results
+
+
+def _disagreeing_processes(out: pathlib.Path) -> list[dict]:
+  """Two processes of one run, started with different epochs."""
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    port = sock.getsockname()[1]
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments', *ARGS, '--epochs', str(1 + index),
+       '--out', str(out), '--coordinator', f'localhost:{port}',
+       '--num-processes', '2', '--process-id', str(index)],
+      env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for index in range(2)]
+  finished = []
+  for process in processes:
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    finished.append({'returncode': process.returncode, 'stderr': stderr})
+  return finished
 
 
 @pytest.fixture(scope='module')
@@ -107,3 +127,10 @@ def test_a_batch_the_devices_do_not_divide_stops_both_processes(runs):
   assert bad['returncode'] != 0
   assert bad['stderr'].count('batch_size 33 is not divisible') == 2
   assert bad['seconds'] < 120, bad['seconds']
+
+
+def test_processes_that_disagree_on_the_settings_all_stop(runs):
+  for process in runs['disagree']:
+    assert process['returncode'] != 0
+    assert 'the processes disagree on the preset' in process['stderr'], (
+        process['stderr'][-2000:])
