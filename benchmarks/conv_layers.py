@@ -1,12 +1,13 @@
-"""Conv7's convolutions, one by one: XLA's, patches, and patches for dx only.
+"""Conv7's convolutions, one by one: XLA's, patches, patches for dx, chunks.
 
 For each conv layer of Conv7 on 28x28x1 inputs (batch 50), times the
-forward pass, the input gradient (dx) and the kernel gradient (dw) of three
+forward pass, the input gradient (dx) and the kernel gradient (dw) of four
 implementations, interleaved: ``xla`` (``lax.conv_general_dilated``, what
-``nn.Conv`` runs), ``patches`` (``layers.conv_as_patches``) and
-``patches_dx`` (``layers.conv_with_patches_input_gradient``: XLA's forward
-and dw, dx through patches). Prints median milliseconds per pass and the
-sum per implementation, with the load average. The first layer's dx is
+``nn.Conv`` runs), ``patches`` (``layers.conv_as_patches``), ``patches_dx``
+(``layers.conv_with_patches_input_gradient``: XLA's forward and dw, dx
+through patches) and ``chunks10`` (``layers.in_batch_chunks``: XLA's
+convolution on slices of 10 images). Prints median milliseconds per pass
+and the sum per implementation, with the load average. The first layer's dx is
 never computed in training (its input is the data).
 
 Run from the repository root: ``python benchmarks/conv_layers.py
@@ -48,6 +49,7 @@ IMPLEMENTATIONS = {
     'xla': _xla,
     'patches': layers.conv_as_patches,
     'patches_dx': layers.conv_with_patches_input_gradient,
+    'chunks10': layers.in_batch_chunks(_xla, 10),
 }
 
 

@@ -41,13 +41,6 @@ def he_uniform_bias(key: jax.Array, shape: Sequence[int],
 
 ConvHe = functools.partial(nn.Conv, kernel_init=he_uniform,
                            bias_init=he_uniform_bias)
-# Conv7's strided 8x8 conv and its last conv: XLA's CPU backend computes their
-# input gradients slowly, layers.PatchesGradientConv fast, with nn.Conv's
-# parameters, initial bits, outputs and kernel gradients
-# (benchmarks/conv_layers.py measures each layer).
-ConvHePatchesGradient = functools.partial(
-    layers.PatchesGradientConv, kernel_init=he_uniform,
-    bias_init=he_uniform_bias)
 DenseHe = functools.partial(nn.Dense, kernel_init=he_uniform,
                             bias_init=he_uniform_bias)
 
@@ -122,23 +115,37 @@ class Conv7(nn.Module):
       the same parameters, outputs and kernel gradients, input gradients
       within rounding). False gives XLA's convolution everywhere, as the
       results of ``docs/RESULTS.md`` made before it were trained.
+    batch_chunk: When positive, ``Conv_1`` to ``Conv_4`` compute on slices
+      of this many examples (``layers.in_batch_chunks``): XLA's CPU backend
+      runs them faster per example on a few (the same parameters; outputs
+      and gradients within rounding). 0 computes whole batches.
   """
 
   num_classes: int = 10
   dropout_rate: float = 0.4
   patches_input_gradient: bool = True
+  batch_chunk: int = 0
+
+  def _conv(self, index: int, *args, **kwargs) -> nn.Conv:
+    """``Conv_{index}``: He-uniform; computed as measured fastest on CPU."""
+    conv = (layers.conv_with_patches_input_gradient
+            if self.patches_input_gradient and index in (5, 6)
+            else jax.lax.conv_general_dilated)
+    if self.batch_chunk and index in (1, 2, 3, 4):
+      conv = layers.in_batch_chunks(conv, self.batch_chunk)
+    return ConvHe(*args, conv_general_dilated=conv, **kwargs)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     padding = 'VALID' if x.shape[1] >= 28 else 'SAME'
-    fast_conv = (ConvHePatchesGradient if self.patches_input_gradient
-                 else ConvHe)
-    for filters, strided_conv in ((32, ConvHe), (64, fast_conv)):
-      x = nn.relu(ConvHe(filters, (3, 3), padding=padding)(x))
-      x = nn.relu(ConvHe(filters, (3, 3), padding=padding)(x))
-      x = nn.relu(strided_conv(filters, (5, 5), strides=2, padding='SAME')(x))
+    for block, filters in enumerate((32, 64)):
+      x = nn.relu(self._conv(3 * block, filters, (3, 3), padding=padding)(x))
+      x = nn.relu(self._conv(3 * block + 1, filters, (3, 3),
+                             padding=padding)(x))
+      x = nn.relu(self._conv(3 * block + 2, filters, (5, 5), strides=2,
+                             padding='SAME')(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(fast_conv(128, x.shape[1:3], padding='VALID')(x))
+    x = nn.relu(self._conv(6, 128, x.shape[1:3], padding='VALID')(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(_flatten(x))
     return DenseHe(self.num_classes, name='head')(x)
 
@@ -324,7 +331,8 @@ def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     # trained with XLA's convolution everywhere.
     return Conv7(num_classes=num_classes,
                  patches_input_gradient=config.get('patches_input_gradient',
-                                                   False))
+                                                   False),
+                 batch_chunk=config.get('batch_chunk', 0))
   if name in _VGG_STAGES:
     stages, dense = _VGG_STAGES[name]
     return VGG(stages=stages, dense=dense, num_classes=num_classes)

@@ -170,6 +170,7 @@ def test_bad_shapes_raise(conv):
 
 @pytest.mark.parametrize('name', ['conv_as_patches',
                                   'conv_with_patches_input_gradient',
+                                  'in_batch_chunks',
                                   'PatchesConv', 'PatchesGradientConv'])
 def test_docstring_examples_run(name):
   # experiments/ is outside pytest's doctest paths, and doctest does not
@@ -182,16 +183,58 @@ def test_docstring_examples_run(name):
   assert runner.failures == 0
 
 
-def test_conv7_params_and_outputs_are_those_of_plain_nn_conv(monkeypatch):
-  images = _normal(5, (2, 28, 28, 1))
-  model = models.Conv7()
+@pytest.mark.parametrize('setting', [{'patches_input_gradient': False},
+                                     {'batch_chunk': 3}])
+def test_conv7_fast_settings_keep_params_and_outputs(setting):
+  images = _normal(5, (7, 28, 28, 1))
 
-  def init_and_apply():
+  def init_and_apply(model):
     variables = jax.jit(model.init)(jax.random.key(0), images[:1])
     return variables, jax.jit(model.apply)(variables, images)
 
-  variables, logits = init_and_apply()
-  monkeypatch.setattr(models, 'ConvHePatchesGradient', models.ConvHe)
-  plain_variables, plain_logits = init_and_apply()
-  jax.tree.map(np.testing.assert_array_equal, variables, plain_variables)
-  np.testing.assert_array_equal(logits, plain_logits)
+  variables, logits = init_and_apply(models.Conv7())
+  other_variables, other_logits = init_and_apply(models.Conv7(**setting))
+  jax.tree.map(np.testing.assert_array_equal, variables, other_variables)
+  if 'patches_input_gradient' in setting:  # The same forward convolutions.
+    np.testing.assert_array_equal(logits, other_logits)
+  else:
+    np.testing.assert_allclose(logits, other_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch,chunk', [(6, 2), (7, 3), (2, 5)])
+def test_in_batch_chunks_is_the_convolution_within_rounding(batch, chunk):
+  x, w = _images_and_kernel(10, 3, 4, 3, batch=batch)
+  cotangent = _normal(2, (batch, 8, 8, 4))
+  chunked = layers.in_batch_chunks(_conv, chunk)
+
+  def vjp(conv):
+    y, pullback = jax.vjp(lambda x, w: conv(x, w, (1, 1), 'VALID'), x, w)
+    return (y, *pullback(cotangent))
+
+  y, input_grad, kernel_grad = jax.jit(lambda: vjp(chunked))()
+  xla_y, xla_input_grad, xla_kernel_grad = jax.jit(lambda: vjp(_conv))()
+  magnitudes = _conv(np.abs(x), np.abs(w), (1, 1), 'VALID')
+  _assert_within_two_orders(y, xla_y, magnitudes, 3 * 3 * 3)
+  _assert_within_two_orders(input_grad, xla_input_grad, jax.vjp(
+      lambda x: _conv(x, jnp.abs(w), (1, 1), 'VALID'), x)[1](
+          jnp.abs(cotangent))[0], 3 * 3 * 4)
+  # The kernel gradient sums over the batch and the map: 8 * 8 * batch terms.
+  kernel_magnitudes = jax.vjp(
+      lambda w: _conv(np.abs(x), w, (1, 1), 'VALID'), w)[1](
+          jnp.abs(cotangent))[0]
+  _assert_within_two_orders(kernel_grad, xla_kernel_grad, kernel_magnitudes,
+                            8 * 8 * batch)
+  # Each slice is its own convolution in the compiled program.
+  text = jax.jit(lambda x, w: chunked(x, w, (1, 1), 'VALID')).lower(
+      x, w).as_text()
+  assert text.count('stablehlo.convolution') == -(-batch // chunk)
+
+
+def test_in_batch_chunks_refuses_what_it_cannot_split():
+  with pytest.raises(ValueError, match='chunk must be at least 1'):
+    layers.in_batch_chunks(_conv, 0)
+  x, w = _images_and_kernel(6, 2, 3, 3, batch=4)
+  conv = layers.in_batch_chunks(lax.conv_general_dilated, 2)
+  with pytest.raises(ValueError, match='batch on axis 0'):
+    conv(x.transpose(1, 0, 2, 3), w, (1, 1), 'VALID',
+         dimension_numbers=('HNWC', 'HWIO', 'NHWC'))
