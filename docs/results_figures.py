@@ -9,7 +9,7 @@ LaPerm's trained kernels, synchronized with ``lp.synchronize``, are exact
 permutations of them. Writes (each skipped when its runs are missing):
 
 - ``a3_training_monitor.png``: Fig. 13, the four A.3 settings, monitoring
-  the input layer (``runs/a3-all``).
+  the input layer (``runs/a3``).
 - ``conv_prune_sweep.png``: accuracy against the kept fraction.
 - ``a3_weight_profiles.png``: Figs. 11-12 style, the A.3 MLP at init and
   after Adam's and SGD's 30 epochs.
@@ -85,7 +85,7 @@ def prune_sweep(runs: pathlib.Path, out: pathlib.Path,
   points = []
   if (dense_run / 'metrics.json').exists():
     points.append((1.0, _metrics(dense_run)))
-  for run_dir in sorted(runs.glob('conv-prune-*/laperm')):
+  for run_dir in sorted(runs.glob('conv7-prune-*/laperm')):
     if (run_dir / 'metrics.json').exists():
       metrics = _metrics(run_dir)
       points.append((1.0 - metrics['config']['init']['prune_rate'], metrics))
@@ -224,7 +224,7 @@ def conv_figures(runs: pathlib.Path, out: pathlib.Path,
                  checks: dict) -> list[pathlib.Path]:
   """Profiles before/after, the exact-permutation check, one cycle plot."""
   written = []
-  laperm_dir = runs / 'conv' / 'laperm'
+  laperm_dir = runs / 'conv7' / 'laperm'
   if not (laperm_dir / 'metrics.json').exists():
     print(f'skip conv figures: no {laperm_dir}/metrics.json')
     return written
@@ -250,7 +250,7 @@ def conv_figures(runs: pathlib.Path, out: pathlib.Path,
   shown = ('Conv_1', 'Conv_5', 'head')  # 288, 1600 and 128 per vector.
   profiles = {'initial': {name: initial[name]['kernel'] for name in shown},
               'laperm': {name: synced[name]['kernel'] for name in shown}}
-  adam_dir = runs / 'conv' / 'adam'
+  adam_dir = runs / 'conv7' / 'adam'
   if (adam_dir / 'metrics.json').exists():
     _, adam_initial, adam_state, _, _ = _restore(adam_dir)
     profiles['adam'] = {name: adam_state.params[name]['kernel']
@@ -278,14 +278,14 @@ def conv_figures(runs: pathlib.Path, out: pathlib.Path,
 def a3_profiles(runs: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
   """Figs. 11-12 style: the A.3 MLP's kernels at init and after 30 epochs."""
   runs_shown = [name for name in ('adam', 'sgd')
-                if (runs / 'a3-all' / name / 'metrics.json').exists()]
+                if (runs / 'a3' / name / 'metrics.json').exists()]
   if not runs_shown:
     print('skip A.3 profiles: no A.3 runs')
     return []
   profiles = {}
   for name in runs_shown:
-    _, initial, _, _, arrays = _restore(runs / 'a3-all' / name)
-    best_epoch = _metrics(runs / 'a3-all' / name)['best_epoch']
+    _, initial, _, _, arrays = _restore(runs / 'a3' / name)
+    best_epoch = _metrics(runs / 'a3' / name)['best_epoch']
     if not profiles:
       profiles['initial'] = {layer: initial[layer]['kernel']
                              for layer in ('hidden1', 'hidden2', 'head')}
@@ -450,13 +450,13 @@ def main() -> None:
   args.out.mkdir(parents=True, exist_ok=True)
   checks, written = {}, []
   if 'a3' in args.sections:
-    written += a3_monitor(args.runs, args.out, 'a3-all',
+    written += a3_monitor(args.runs, args.out, 'a3',
                           'a3_training_monitor.png', 'hidden1 (784x100)')
     written += a3_profiles(args.runs, args.out)
   if 'conv' in args.sections:
     written += conv_figures(args.runs, args.out, checks)
   if 'prune' in args.sections:
-    written += prune_sweep(args.runs, args.out, args.runs / 'conv' / 'laperm')
+    written += prune_sweep(args.runs, args.out, args.runs / 'conv7' / 'laperm')
   if 'checks' in args.sections:
     check_all_laperm_runs(args.runs, checks)
   if 'vit' in args.sections:

@@ -2,8 +2,8 @@
 # Reproduces docs/RESULTS.md: the exact commands behind its numbers.
 #
 #   scripts/results.sh            # everything, in order (hours on a 2-core CPU)
-#   scripts/results.sh f a3       # some sections: f a3 conv prune vit
-#                                 # vit_trials figures
+#   scripts/results.sh f1 a3      # some sections: f1 f2 a3 conv7 conv7_seeds
+#                                 # prune vit vit_trials figures artifacts
 #
 # Run from the repository root. Outputs go to runs/results/ (git-ignored);
 # each command refuses to overwrite an output directory that already holds
@@ -16,11 +16,10 @@ OUT=runs/results
 mkdir -p "$OUT"
 DATA=$(scripts/get_fashion_mnist.sh | tail -n 1)   # idx:/usr/share/datasets/fashion-mnist
 
-SEEDS=${SEEDS:-5}  # Weight-agnostic nets: seeds trained together.
 # Conv7 on the full training set (55k train / 5k validation / 10k test, the
-# paper's augmentation), seed 0, CONV_EPOCHS epochs of the paper's 45;
-# a run stopped early continues with the same command plus --resume, and
-# --epochs N with N reached ends it there (the schedule is per epoch).
+# paper's augmentation), CONV_EPOCHS epochs of the paper's 45; a run stopped
+# early continues with the same command plus --resume, and --epochs N with N
+# reached ends it there (the schedule is per epoch).
 CONV_EPOCHS=${CONV_EPOCHS:-10}
 PRUNE_EPOCHS=${PRUNE_EPOCHS:-2}
 PRUNE_RATES=${PRUNE_RATES:-"0.5 0.7 0.9"}  # Keep 50, 30, 10% (dense: 100%).
@@ -33,56 +32,54 @@ run() {  # run NAME ARGS...: one timed command, its log in $OUT/NAME.log
   echo "== $name: $((SECONDS - start)) s wall" | tee -a "$OUT/$name.log"
 }
 
-section_f() {  # 1. weight-agnostic F1, F2, F2 size-aware (Section 5.5, A.5.0)
-  run f1 f1 --dataset "$DATA" --seeds "$SEEDS" --out "$OUT/f1"
-  run f2 f2 --dataset "$DATA" --seeds "$SEEDS" --out "$OUT/f2"
-  run f2-size-aware f2-size-aware --dataset "$DATA" --seeds "$SEEDS" \
-    --out "$OUT/f2-size-aware"
-  # F2 and F2 size-aware over 20 seeds (docs/results/f2*/ holds their files).
-  run f2-20 f2 --dataset "$DATA" --seeds 20 --out "$OUT/f2-20"
-  run f2-size-aware-20 f2-size-aware --dataset "$DATA" --seeds 20 \
-    --out "$OUT/f2-size-aware-20"
-  # The same F1 on z-scored pixels (the presets' normalization before they
+section_f1() {  # 1. weight-agnostic F1, 20 seeds trained together (5.5)
+  run f1 f1 --dataset "$DATA" --seeds 20 --out "$OUT/f1"
+  # The same on z-scored pixels (the presets' normalization before they
   # followed the authors' notebooks).
-  run f1-zscore f1 --dataset "$DATA" --seeds "$SEEDS" \
+  run f1-zscore f1 --dataset "$DATA" --seeds 20 \
     --set normalization=zscore --out "$OUT/f1-zscore"
 }
 
-section_a3() {  # 2. the A.3 monitor study, four settings (Fig. 13)
-  run a3-all a3-all --dataset "$DATA" --out "$OUT/a3-all"
+section_f2() {  # 1. F2 and F2 size-aware, 20 seeds each (5.5, A.5.0)
+  run f2 f2 --dataset "$DATA" --seeds 20 --out "$OUT/f2"
+  run f2-size-aware f2-size-aware --dataset "$DATA" --seeds 20 \
+    --out "$OUT/f2-size-aware"
 }
 
-# The Conv7 runs of the page were trained with XLA's convolution in every
-# layer, before two of Conv7's convs computed their input gradients through
-# patches (faster on CPU, within rounding): this setting reproduces them.
-XLA_CONV=(--set model.patches_input_gradient=False)
+section_a3() {  # 2. the A.3 monitor study, four settings (Fig. 13)
+  run a3 a3-all --dataset "$DATA" --out "$OUT/a3"
+}
 
-section_conv() {  # 3. LaPerm vs Adam vs Lookahead, Conv7 on all the data
-  local name
-  for name in laperm adam lookahead; do
-    run "conv-$name" conv7 --dataset "$DATA" --epochs "$CONV_EPOCHS" \
-      --runs "$name" "${XLA_CONV[@]}" --out "$OUT/conv"
-  done
+section_conv7() {  # 3. LaPerm vs Adam vs Lookahead, Conv7 on all the data
+  run conv7 conv7 --dataset "$DATA" --epochs "$CONV_EPOCHS" \
+    --runs laperm,adam --seed 0 --out "$OUT/conv7"
+  run conv7-lookahead conv7 --dataset "$DATA" --epochs "$CONV_EPOCHS" \
+    --runs lookahead --seed 0 --out "$OUT/conv7-lookahead"
   # LaPerm with the authors' README's k = 1200, 4 epochs (the preset's
   # k = 20 follows the paper's Section 5.1 and the notebook).
-  run conv-k1200 conv7 --dataset "$DATA" --epochs 4 --runs laperm \
-    --set optimizer.sync_period=1200 "${XLA_CONV[@]}" --out "$OUT/conv-k1200"
+  run conv7-k1200 conv7 --dataset "$DATA" --epochs 4 --runs laperm \
+    --set optimizer.sync_period=1200 --out "$OUT/conv7-k1200"
 }
 
-section_prune() {  # 4. LaPerm on Conv7 pruned first, fewer epochs
+section_conv7_seeds() {  # 3. two more seeds of LaPerm and Adam
+  run conv7-seeds conv7 --dataset "$DATA" --epochs "$CONV_EPOCHS" \
+    --runs laperm,adam --seeds 1,2 --out "$OUT/conv7-seeds"
+}
+
+section_prune() {  # 3. LaPerm on Conv7 pruned first, fewer epochs
   local rate
   for rate in $PRUNE_RATES; do
-    run "conv-prune-$rate" conv7 --dataset "$DATA" --epochs "$PRUNE_EPOCHS" \
-      --runs laperm --prune "$rate" "${XLA_CONV[@]}" \
-      --out "$OUT/conv-prune-$rate"
+    run "conv7-prune-$rate" conv7 --dataset "$DATA" \
+      --epochs "$PRUNE_EPOCHS" --runs laperm --prune "$rate" \
+      --out "$OUT/conv7-prune-$rate"
   done
 }
 
-section_vit() {  # a ViT trained by reconnection (not in the paper), 3 seeds
+section_vit() {  # 5. a ViT trained by reconnection (not in the paper), 3 seeds
   run vit vit --dataset "$DATA" --seeds 3 --out "$OUT/vit"
 }
 
-section_vit_trials() {  # the ViT's k and which leaves LaPerm permutes
+section_vit_trials() {  # 5. the ViT's k and which leaves LaPerm permutes
   local k
   for k in 20 100 400 1000; do
     run "vit-k$k" vit --dataset "$DATA" --epochs 3 --runs laperm \
@@ -95,12 +92,17 @@ section_vit_trials() {  # the ViT's k and which leaves LaPerm permutes
     --out "$OUT/vit-also-permute"
 }
 
-section_figures() {  # 5. the figures of docs/results/
+section_figures() {  # the figures and exact-permutation checks
   "$PYTHON" docs/results_figures.py --runs "$OUT" --out docs/results
 }
 
+section_artifacts() {  # copy the runs' files to docs/results, redo the tables
+  "$PYTHON" docs/results_tables.py --collect "$OUT"
+}
+
 sections=("$@")
-[[ ${#sections[@]} -eq 0 ]] && sections=(f a3 conv prune vit figures)
+[[ ${#sections[@]} -eq 0 ]] && sections=(f1 f2 a3 conv7 conv7_seeds prune vit \
+  vit_trials figures artifacts)
 for section in "${sections[@]}"; do
   "section_$section"
 done
