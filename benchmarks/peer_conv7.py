@@ -4,9 +4,10 @@ Ours: the command line itself, ``python -m experiments conv7 --dataset
 idx:DIR --epochs 1 --runs laperm --no-progress --set max_examples=N`` in a
 subprocess (N = steps * 50 training examples); the run time is
 ``metrics.json``'s ``seconds`` (model init, compilation, the epoch, one
-validation and the two test evaluations; a warm compilation cache skips
-most compilation: ``--compilation-cache`` is passed through), the wall time
-includes the imports and data loading.
+validation and one test evaluation, two when the best weights are not the
+final ones; a warm compilation cache skips most compilation:
+``--compilation-cache`` is passed through), the wall time includes the
+imports and data loading.
 
 Theirs (when a TensorFlow python and a checkout of
 github.com/ihsuy/Train-by-Reconnect are given): their ``LaPermTrainLoop``
