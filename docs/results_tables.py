@@ -234,44 +234,60 @@ def a3(results: pathlib.Path) -> Optional[str]:
                [False, True, True, True, True, True])
 
 
-def _monitor_means(metrics: dict, key: str, first: int, last: int) -> float:
-  values = [record[key] for record in metrics['monitor']
-            if first <= record['epoch'] <= last]
-  return mean([mean(v) if isinstance(v, list) else v for v in values])
+def _by_epoch(metrics: dict) -> dict[int, dict]:
+  return {record['epoch']: record for record in metrics['monitor']}
+
+
+def _zero_vectors(record: dict) -> int:
+  """Weight vectors whose entries all lie within 1e-3 (dead units)."""
+  return sum(high - low < 1e-3 for low, high in zip(record['min'],
+                                                    record['max']))
 
 
 def a3_monitor(results: pathlib.Path) -> Optional[str]:
-  """Ranking distance by phase, spread of the weights, validation loss."""
+  """The first kernel per setting: reordering, spread, validation loss."""
   runs = load(results, 'a3')
   rows = []
   for name in ('sgd', 'adam', 'adam-dropout', 'adam-l2'):
     if name not in runs or not runs[name].seeds[0].get('monitor'):
       continue
-    metrics = runs[name].seeds[0]
-    records = metrics['monitor']
-    last = records[-1]
-    losses = [(record['val_loss'], record['epoch']) for record in records
-              if record['epoch'] >= 1]
-    lowest, lowest_epoch = min(losses)
+    epochs = _by_epoch(runs[name].seeds[0])
+    last = epochs[max(epochs)]
     phases = ' / '.join(
-        f'{100 * _monitor_means(metrics, "distance_mean", a, b):.2f}'
+        f'{100 * mean([epochs[e]["distance_mean"] for e in range(a, b + 1)]):.2f}'
         for a, b in ((2, 10), (11, 20), (21, 30)))
-    dead = sum(high - low < 1e-3 for low, high in zip(last['min'],
-                                                      last['max']))
-    rows.append([f'`{name}`', phases + '%',
-                 f'{100 * max(r["distance_std"] for r in records[1:]):.1f}%',
-                 f'{mean(last["p15"]):+.3f} / {mean(last["p85"]):+.3f}',
-                 f'{mean(last["min"]):+.2f} / {mean(last["max"]):+.2f}',
-                 str(dead),
-                 f'{lowest:.3f} ({lowest_epoch})', f'{losses[-1][0]:.3f}'])
+    sd, sd_epoch = max((epochs[e]['distance_std'], e) for e in epochs if e)
+    loss, loss_epoch = min((epochs[e]['val_loss'], e) for e in epochs if e)
+    rows.append([
+        f'`{name}`', pct(epochs[1]['distance_mean']), phases + '%',
+        f'{100 * sd:.1f}% ({sd_epoch})',
+        f'{mean(last["p15"]):+.3f} / {mean(last["p85"]):+.3f}',
+        f'{mean(last["min"]):+.2f} / {mean(last["max"]):+.2f}',
+        ' / '.join(str(_zero_vectors(epochs[e])) for e in (10, 20, 30)),
+        f'{loss:.3f} ({loss_epoch})', f'{last["val_loss"]:.3f}'])
   if not rows:
     return None
-  return table(['run', 'mean ranking distance / 784, epochs 2-10 / 11-20 / '
-                '21-30', 'largest SD', 'p15 / p85 at the end (mean over '
-                'vectors)', 'min / max at the end (mean over vectors)',
-                'all-zero vectors at the end', 'lowest val loss (epoch)',
-                'val loss at the end'], rows,
-               [False, True, True, True, True, True, True, True])
+  return table(['run', 'ranking distance, epoch 1', 'mean ranking distance, '
+                'epochs 2-10 / 11-20 / 21-30', 'largest SD (epoch)',
+                'p15 / p85 after epoch 30', 'min / max after epoch 30',
+                'all-zero vectors after epoch 10 / 20 / 30',
+                'lowest val loss (epoch)', 'val loss after epoch 30'], rows,
+               [False] + [True] * 8)
+
+
+def a3_initial(results: pathlib.Path) -> Optional[str]:
+  """The first kernel before training: the reference for a3-monitor."""
+  runs = load(results, 'a3')
+  if 'adam' not in runs or not runs['adam'].seeds[0].get('monitor'):
+    return None
+  start = _by_epoch(runs['adam'].seeds[0])[0]
+  return table(['first kernel at initialization (all four runs)',
+                'p15 / p85 (mean over vectors)', 'min / max (mean)',
+                'val loss'],
+               [['784x100, He-uniform',
+                 f'{mean(start["p15"]):+.3f} / {mean(start["p85"]):+.3f}',
+                 f'{mean(start["min"]):+.3f} / {mean(start["max"]):+.3f}',
+                 f'{start["val_loss"]:.2f}']], [False, True, True, True])
 
 
 CONV7_STEPS = (1200, 3600, 6000, 8400, 10800)
@@ -390,6 +406,72 @@ def vit_trials(results: pathlib.Path) -> Optional[str]:
     return None
   return table(['k (3 epochs, seed 0)', 'best val (step)', 'test acc (best)',
                 'run time (s)'], rows, [False, True, True, True])
+
+
+def _checks(results: pathlib.Path) -> dict:
+  path = results / 'checks.json'
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def permutation_checks(results: pathlib.Path) -> Optional[str]:
+  """Per study: how many LaPerm runs are exact permutations of their init."""
+  checked: dict[str, list[bool]] = {}
+  for name, check in _checks(results).get('all_laperm_runs', {}).items():
+    study = pathlib.PurePosixPath(name.split(' seed ')[0]).parent.name
+    checked.setdefault(study, []).append(
+        check['all_kernels_exact_permutation'])
+  vit_path = results / 'vit' / 'checks.json'
+  if vit_path.exists():
+    seeds = json.loads(vit_path.read_text())['seeds'].values()
+    checked['vit (derived layout, per fan-in)'] = [
+        all(seed['kernels_exact_permutation_of_initial'].values())
+        for seed in seeds]
+  if not checked:
+    return None
+  return table(['study', 'LaPerm runs checked (seeds)',
+                'every kernel an exact permutation of its initial weights'],
+               [[f'`{study}`' if '(' not in study else study,
+                 str(len(flags)), f'{sum(flags)} of {len(flags)}']
+                for study, flags in sorted(checked.items())],
+               [False, True, True])
+
+
+def _kernel_name(path: str) -> str:
+  return '/'.join(re.findall(r"\['(\w+)'\]", path)[:-1])
+
+
+def conv7_moved(results: pathlib.Path) -> Optional[str]:
+  runs = _checks(results).get('all_laperm_runs', {})
+  rows = []
+  for study, label in (('conv7', 'k = 20, 10 epochs'),
+                       ('conv7-k1200', 'k = 1200, 4 epochs')):
+    check = runs.get(f'runs/results/{study}/laperm seed 0')
+    if check is None:
+      continue
+    moved = check['fraction_moved']
+    rows.append([label] + [pct(value) for value in moved.values()])
+    names = [_kernel_name(path) for path in moved]
+  if not rows:
+    return None
+  return table(['LaPerm on Conv7, seed 0'] + [f'`{n}`' for n in names], rows,
+               [False] + [True] * len(names))
+
+
+def conv7_cycles(results: pathlib.Path) -> Optional[str]:
+  cycles = _checks(results).get('conv_laperm_cycles')
+  if cycles is None:
+    return None
+  def span(values, percent=False):
+    show = pct if percent else str
+    return f'{show(min(values))}-{show(max(values))}'
+  return table(['kernel', 'vectors', 'entries per vector', 'entries moved',
+                'cycles per vector', 'longest cycle (entries)'],
+               [[f'`{_kernel_name(cycles["kernel"])}`',
+                 str(len(cycles['num_cycles'])),
+                 str(cycles['vector_length']),
+                 span(cycles['fraction_moved'], percent=True),
+                 span(cycles['num_cycles']), span(cycles['longest_cycle'])]],
+               [False, True, True, True, True, True])
 
 
 def summary(results: pathlib.Path) -> Optional[str]:
@@ -513,9 +595,13 @@ TABLES: dict[str, Callable[[pathlib.Path], Optional[str]]] = {
     'best-steps': best_steps,
     'a3': a3,
     'a3-monitor': a3_monitor,
+    'a3-initial': a3_initial,
     'conv7': conv7,
     'conv7-k1200': conv7_k1200,
     'conv7-prune': conv7_prune,
+    'permutation-checks': permutation_checks,
+    'conv7-moved': conv7_moved,
+    'conv7-cycles': conv7_cycles,
     'vit': vit,
     'vit-trials': vit_trials,
     'results-table': readme,
