@@ -62,8 +62,11 @@ section_conv7() {  # 3. LaPerm vs Adam vs Lookahead, Conv7 on all the data
 }
 
 section_conv7_seeds() {  # 3. two more seeds of LaPerm and Adam
-  run conv7-seeds conv7 --dataset "$DATA" --epochs "$CONV_EPOCHS" \
-    --runs laperm,adam --seeds 1,2 --out "$OUT/conv7-seeds"
+  local seed
+  for seed in 1 2; do
+    run "conv7-seed-$seed" conv7 --dataset "$DATA" --epochs "$CONV_EPOCHS" \
+      --runs laperm,adam --seed "$seed" --out "$OUT/conv7-seed-$seed"
+  done
 }
 
 section_prune() {  # 3. LaPerm on Conv7 pruned first, fewer epochs
