@@ -3,7 +3,11 @@
 #
 #   scripts/results.sh            # everything, in order (hours on a 2-core CPU)
 #   scripts/results.sh f1 a3      # some sections: f1 f2 a3 conv7 conv7_seeds
-#                                 # prune vit vit_trials figures artifacts
+#                                 # prune vit vit_trials figures
+#
+# Then it copies the runs' summary and metrics files to docs/results/ and
+# rewrites the tables of docs/RESULTS.md and README.md from them
+# (docs/results_tables.py).
 #
 # Run from the repository root. Outputs go to runs/results/ (git-ignored);
 # each command refuses to overwrite an output directory that already holds
@@ -99,13 +103,11 @@ section_figures() {  # the figures and exact-permutation checks
   "$PYTHON" docs/results_figures.py --runs "$OUT" --out docs/results
 }
 
-section_artifacts() {  # copy the runs' files to docs/results, redo the tables
-  "$PYTHON" docs/results_tables.py --collect "$OUT"
-}
-
 sections=("$@")
 [[ ${#sections[@]} -eq 0 ]] && sections=(f1 f2 a3 conv7 conv7_seeds prune vit \
-  vit_trials figures artifacts)
+  vit_trials figures)
 for section in "${sections[@]}"; do
   "section_$section"
 done
+# The runs' files to docs/results/, and the tables of the pages redone.
+"$PYTHON" docs/results_tables.py --collect "$OUT"
