@@ -11,7 +11,8 @@ under ``docs/results/<study>/``: each run's ``summary.json`` and every
 seed's ``metrics.json`` (as ``python -m experiments`` writes them; statistics
 are computed here from the per-seed files). ``--collect RUNS`` first copies
 those files of every study found under ``RUNS`` (the output folder of
-``scripts/results.sh``), without checkpoints or figures.
+``scripts/results.sh``), without checkpoints or figures, the A.3 monitor's
+float32 statistics written in their shortest exact form.
 
 Statistics over seeds: mean +- standard deviation (ddof 0), min-max, and the
 95% confidence interval of the mean (Student's t with n - 1 degrees of
@@ -26,10 +27,10 @@ import json
 import math
 import pathlib
 import re
-import shutil
 import sys
 from typing import Callable, Optional, Sequence
 
+import numpy
 from scipy import stats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -626,6 +627,21 @@ def render(text: str, results: pathlib.Path) -> str:
   return _MARKERS.sub(replace, text)
 
 
+def _thin(text: str) -> str:
+  """A run file with the monitor's float32 statistics in their shortest form.
+
+  The monitor's per-vector statistics are float32 values written as float64
+  reprs (17 digits); the shortest float32 repr reads back to the same
+  float32, so nothing is lost but size.
+  """
+  content = json.loads(text)
+  for entry in content.get('monitor', []):
+    for name, values in entry.items():
+      if isinstance(values, list):
+        entry[name] = [float(str(numpy.float32(value))) for value in values]
+  return json.dumps(content, indent=1)
+
+
 def collect(runs: pathlib.Path, results: pathlib.Path) -> list[str]:
   """Copies each study's summary and metrics files from ``runs``."""
   copied = []
@@ -639,7 +655,7 @@ def collect(runs: pathlib.Path, results: pathlib.Path) -> list[str]:
     for path in paths:
       destination = results / study / path.relative_to(source)
       destination.parent.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(path, destination)
+      destination.write_text(_thin(path.read_text()))
     if paths:
       copied.append(study)
   return copied
