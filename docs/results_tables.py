@@ -569,7 +569,8 @@ def readme(results: pathlib.Path) -> Optional[str]:
       continue
     others = ', '.join(
         f'{name.capitalize()} {spread(runs[name].values("test_accuracy_of_best"), with_range=False)}'
-        + (f' ({len(runs[name].seeds)} seeds)'
+        + (f' ({len(runs[name].seeds)} seed'
+           f'{"s" if len(runs[name].seeds) > 1 else ""})'
            if len(runs[name].seeds) != len(runs['laperm'].seeds) else '')
         for name in ('adam', 'lookahead') if name in runs)
     rows.append([label, setting.format(**runs['laperm'].config),
