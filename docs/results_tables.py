@@ -24,9 +24,10 @@ Run from the repository root.
 import argparse
 import dataclasses
 import json
-import math
 import pathlib
 import re
+from statistics import fmean as mean
+from statistics import pstdev as std
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -54,7 +55,6 @@ PAPER = {'f1': '85.46%', 'f2': '~53%', 'f2-size-aware': '78.14%',
 class Run:
   """One run of a study: every seed's ``metrics.json``, by seed."""
 
-  study: str
   name: str
   seeds: tuple[dict, ...]
 
@@ -68,28 +68,18 @@ class Run:
 
 def load(results: pathlib.Path, *studies: str) -> dict[str, Run]:
   """The runs of ``studies`` by name, seeds merged across the studies."""
-  found: dict[str, list[tuple[str, dict]]] = {}
+  found: dict[str, list[dict]] = {}
   for study in studies:
     for path in sorted((results / study).glob('*/metrics.json')) + sorted(
         (results / study).glob('*/seed-*/metrics.json')):
       metrics = json.loads(path.read_text())
-      found.setdefault(metrics['name'], []).append((study, metrics))
-  return {name: Run(entries[0][0], name, tuple(sorted(
-      (metrics for _, metrics in entries), key=lambda m: m['seed'])))
-          for name, entries in found.items()}
+      found.setdefault(metrics['name'], []).append(metrics)
+  return {name: Run(name, tuple(sorted(seeds, key=lambda m: m['seed'])))
+          for name, seeds in found.items()}
 
 
 def pct(value: float) -> str:
   return f'{100 * value:.1f}%'
-
-
-def mean(values: Sequence[float]) -> float:
-  return sum(values) / len(values)
-
-
-def std(values: Sequence[float]) -> float:
-  center = mean(values)
-  return math.sqrt(sum((v - center) ** 2 for v in values) / len(values))
 
 
 def spread(values: Sequence[float], *, bold: bool = False,
@@ -106,18 +96,12 @@ def spread(values: Sequence[float], *, bold: bool = False,
   return text
 
 
-def interval(values: Sequence[float]) -> tuple[float, float]:
-  """The 95% confidence interval of the mean."""
-  count = len(values)
-  sd = std(values) * math.sqrt(count / (count - 1))
-  half = stats.t.ppf(0.975, count - 1) * sd / math.sqrt(count)
-  return mean(values) - half, mean(values) + half
-
-
 def ci_text(values: Sequence[float]) -> str:
+  """The 95% confidence interval of the mean (Student's t)."""
   if len(values) < 2:
     return '-'
-  low, high = interval(values)
+  low, high = stats.t.interval(0.95, len(values) - 1, loc=mean(values),
+                               scale=stats.sem(values))
   return f'{100 * low:.1f}-{100 * high:.1f}%'
 
 
@@ -182,16 +166,13 @@ def size_aware_against_uniform(results: pathlib.Path) -> Optional[str]:
   a = size_aware.values('test_accuracy_of_best')
   b = uniform.values('test_accuracy_of_best')
   welch = stats.ttest_ind(a, b, equal_var=False)
-  va, vb = (std(v) ** 2 * len(v) / (len(v) - 1) / len(v) for v in (a, b))
-  dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-  half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+  low, high = welch.confidence_interval(0.95)
   difference = mean(a) - mean(b)
   return table(
       ['comparison (test acc, best weights)', 'difference of the means',
        '95% CI of the difference', "Welch's t", 'p (two-sided)'],
       [['`f2-size-aware` minus `f2`', f'{100 * difference:+.1f} points',
-        f'{100 * (difference - half):+.1f} to {100 * (difference + half):+.1f}'
-        ' points', f'{welch.statistic:.2f}', f'{welch.pvalue:.3f}']],
+        f'{100 * low:+.1f} to {100 * high:+.1f} points', f'{welch.statistic:.2f}', f'{welch.pvalue:.3f}']],
       [False, True, True, True, True])
 
 
