@@ -302,8 +302,8 @@ def _results(run: _Run, carried: checkpoints.Carried,
   final = (run.eval_weights(carried.state), carried.state.batch_stats)
   _, test_accuracy = run.evaluate(*best, *test)
   # The last evaluation is often the best: its test score is then known.
-  if all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()),
-                                      final, best))):
+  if jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), final,
+                               best)):
     final_test_accuracy = test_accuracy
   else:
     _, final_test_accuracy = run.evaluate(*final, *test)

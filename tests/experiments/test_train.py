@@ -275,3 +275,33 @@ def test_record_points_cover_epochs_and_evaluations():
   config = _config(eval_every=2, epochs=3)
   assert [train.record_points(config, 5, epoch) for epoch in range(3)] == [
       {5: False}, {5: True}, {5: True}]
+
+
+@pytest.mark.parametrize('overrides,final_is_best', [
+    ({'epochs': 1}, True),  # One evaluation: the best weights are the final.
+    ({'epochs': 3, 'optimizer.learning_rate': 0.3}, False),
+])
+def test_final_weights_are_scored_on_test_unless_they_are_the_best(
+    tmp_path, monkeypatch, overrides, final_is_best):
+  config = _config(**overrides)
+  splits, num_classes = _splits(config)
+  test_size = len(splits['test'].labels)
+  test_calls = []
+  make_evaluate = steps.make_evaluate
+
+  def counting_make_evaluate(*args, **kwargs):
+    evaluate = make_evaluate(*args, **kwargs)
+
+    def counted(params, batch_stats, images, labels):
+      if images.shape[0] == test_size:
+        test_calls.append(params)
+      return evaluate(params, batch_stats, images, labels)
+    return counted
+
+  monkeypatch.setattr(steps, 'make_evaluate', counting_make_evaluate)
+  result = train.train_and_evaluate(config, splits, num_classes, tmp_path)
+  last_step = result.history[-1]['step']
+  assert (result.best_step == last_step) == final_is_best
+  assert len(test_calls) == (1 if final_is_best else 2)
+  if final_is_best:
+    assert result.final_test_accuracy == result.test_accuracy
