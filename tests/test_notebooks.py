@@ -9,7 +9,6 @@ its own last cell asserts, and the test reads the ``RESULTS`` line it printed
 back from the executed outputs.
 """
 
-import importlib.util
 import os
 import pathlib
 
@@ -24,16 +23,8 @@ NAMES = ('01_quick_start', '02_reconnection', '03_weight_agnostic',
          '04_your_own_model')
 
 
-def _make_figures():
-  spec = importlib.util.spec_from_file_location(
-      'make_figures', ROOT / 'docs' / 'make_figures.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _execute(name, tmp_path):
-  make_figures = _make_figures()
+def _execute(name, tmp_path, docs_script):
+  make_figures = docs_script('make_figures')
   notebook = make_figures.execute_notebook(
       NOTEBOOKS / f'{name}.py', cwd=tmp_path, timeout=300,
       env={'LAPERM_NOTEBOOK_SETTINGS': 'quick',
@@ -83,8 +74,8 @@ def test_pair_agrees_and_ipynb_is_stripped(name):
     assert step in install.source, step
 
 
-def test_quick_start(tmp_path):
-  notebook, results = _execute('01_quick_start', tmp_path)
+def test_quick_start(tmp_path, docs_script):
+  notebook, results = _execute('01_quick_start', tmp_path, docs_script)
   assert results['settings'] == 'quick'
   assert results['laperm_kernels_are_permutations'] is True
   assert results['laperm_accuracy'] > 0.8  # Chance: 0.1.
@@ -98,8 +89,8 @@ def test_quick_start(tmp_path):
              for cell in notebook.cells for output in cell.get('outputs', ()))
 
 
-def test_reconnection(tmp_path):
-  _, results = _execute('02_reconnection', tmp_path)
+def test_reconnection(tmp_path, docs_script):
+  _, results = _execute('02_reconnection', tmp_path, docs_script)
   assert results['pruned_kernels_keep_their_values'] is True
   assert results['laperm_distribution_fixed'] is True
   assert 0 < results['first_epoch_ranking_distance'] < 1
@@ -111,8 +102,8 @@ def test_reconnection(tmp_path):
     assert (tmp_path / 'figures' / figure).stat().st_size > 0
 
 
-def test_weight_agnostic(tmp_path):
-  _, results = _execute('03_weight_agnostic', tmp_path)
+def test_weight_agnostic(tmp_path, docs_script):
+  _, results = _execute('03_weight_agnostic', tmp_path, docs_script)
   assert results['kernels_keep_their_values'] is True
   assert results['largest_accuracy_spread_over_positive_values'] <= 0.01
   for name in ('F1', 'F2'):
@@ -122,8 +113,8 @@ def test_weight_agnostic(tmp_path):
             > results[f'{name}_initial_accuracy'] + 0.15)
 
 
-def test_your_own_model(tmp_path):
-  _, results = _execute('04_your_own_model', tmp_path)
+def test_your_own_model(tmp_path, docs_script):
+  _, results = _execute('04_your_own_model', tmp_path, docs_script)
   assert results['derived_kernels_are_permutations'] is True
   assert results['derived_heads_keep_their_values'] is True
   # The trailing-axis grouping moves weights between heads.
@@ -132,8 +123,8 @@ def test_your_own_model(tmp_path):
   assert results['derived_accuracy'] > 0.5  # Chance: 0.1.
 
 
-def test_make_figures_draws_the_readme_figures():
-  make_figures = _make_figures()
+def test_make_figures_draws_the_readme_figures(docs_script):
+  make_figures = docs_script('make_figures')
   drawn = [figure for figures in make_figures.README_FIGURES.values()
            for figure in figures]
   # Every README figure is one this script makes (the demo's comes from

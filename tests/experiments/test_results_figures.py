@@ -1,6 +1,5 @@
 """docs/results_figures.py: the exact-permutation checks behind RESULTS.md."""
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -13,15 +12,8 @@ _SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'docs' / (
     'results_figures.py')
 
 
-def _results_figures():
-  spec = importlib.util.spec_from_file_location('results_figures', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_checks_confirm_trained_runs_and_catch_a_wrong_config(
-    tmp_path, monkeypatch, capsys):
+    docs_script, tmp_path, monkeypatch, capsys):
   (tmp_path / 'idx').mkdir()
   test_data._tiny_mnist(tmp_path / 'idx', train=300, test=50)  # pylint: disable=protected-access
   runs = tmp_path / 'runs'
@@ -41,7 +33,7 @@ def test_checks_confirm_trained_runs_and_catch_a_wrong_config(
   out = tmp_path / 'out'
   monkeypatch.setattr(sys, 'argv', [str(_SCRIPT), '--runs', str(runs),
                                     '--out', str(out)])
-  _results_figures().main()
+  docs_script('results_figures').main()
 
   checks = json.loads((out / 'checks.json').read_text())['all_laperm_runs']
   exact = {name.removeprefix(str(runs) + '/'): check[
