@@ -19,11 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = 'mlp'
   config.model.dropout_rates = (0.0, 0.0)
   config.model.blocks_per_stage = 8
-  # Conv7: input gradients of two convs through patches, and its middle
-  # convs computed on slices of batch_chunk examples (0: whole batches);
-  # both measured faster on CPU (models.Conv7).
+  # Conv7: input gradients of two convs through patches (models.Conv7).
   config.model.patches_input_gradient = True
-  config.model.batch_chunk = 0
   # The ViT (not in the paper): token width, blocks, heads, MLP units, and
   # patches along each image side.
   config.model.width = 64
