@@ -24,6 +24,7 @@ from laperm_jax._laperm import FromInitialParams
 from laperm_jax._laperm import LaPermState
 from laperm_jax._laperm import laperm
 from laperm_jax._laperm import synchronize
+from laperm_jax._weight_vectors import NO_FAN_IN
 from laperm_jax._weight_vectors import as_vectors
 from laperm_jax._weight_vectors import place_sorted
 from laperm_jax._weight_vectors import ranks
@@ -35,6 +36,7 @@ __all__ = (
     'CycleSummary',
     'FromInitialParams',
     'LaPermState',
+    'NO_FAN_IN',
     'PruneResult',
     'RankingDistance',
     'as_vectors',

@@ -41,9 +41,26 @@ from jax import lax
 
 from laperm_jax import _masks
 
-# The fan-in axes of one leaf: a tuple of axes (negative allowed), or None
-# for the default layout.
-LeafAxes = Optional[tuple[int, ...]]
+
+
+class _NoFanIn:
+  """The type of :data:`NO_FAN_IN`: one instance, kept through copies."""
+
+  def __repr__(self) -> str:
+    return 'laperm_jax.NO_FAN_IN'
+
+  def __reduce__(self) -> str:
+    # Pickling and copying give back the module's one instance.
+    return 'NO_FAN_IN'
+
+
+# The layout of a leaf that has no fan-in to permute (an embedding, a bias
+# added, a leaf `derive_vector_axes` cannot read): LaPerm leaves it out.
+NO_FAN_IN = _NoFanIn()
+
+# The fan-in axes of one leaf: a tuple of axes (negative allowed), None for
+# the default layout, or NO_FAN_IN.
+LeafAxes = Union[tuple[int, ...], None, _NoFanIn]
 # The layout of a tree: a tree of `LeafAxes` (a prefix of the params), or a
 # callable `(key_path, leaf) -> LeafAxes`.
 VectorAxes = Union[LeafAxes, Any, Callable[[tuple, Any], LeafAxes]]
