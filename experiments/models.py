@@ -327,9 +327,12 @@ def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   if name == 'f2':
     return BiasFreeMLP(hidden=(128, 64), num_classes=num_classes)
   if name == 'conv7':
-    return Conv7(num_classes=num_classes,
-                 patches_input_gradient=config.patches_input_gradient,
-                 batch_chunk=config.get('batch_chunk', 0))
+    # Options a config leaves out (batch_chunk outside the conv7 preset) are
+    # the module's defaults, the only ones.
+    return Conv7(num_classes=num_classes, **{
+        option: config[option] for option in ('patches_input_gradient',
+                                              'batch_chunk')
+        if option in config})
   if name in _VGG_STAGES:
     stages, dense = _VGG_STAGES[name]
     return VGG(stages=stages, dense=dense, num_classes=num_classes)
