@@ -1,7 +1,10 @@
 """The run driver: train seeds, evaluate, keep the best weights, checkpoint.
 
-:func:`train_seeds` reads top to bottom: set the run up, restore its
-checkpoint or start, train epoch by epoch (each epoch a few segments of
+A preset: :func:`prepare_data` gets its runs' datasets ready, then
+:func:`train_preset` trains the runs and writes the table, summary and
+figures. A run (:func:`train_seeds`; :func:`train_and_evaluate` for one
+seed) reads top to bottom: set the run up (``state.initial_run``), restore
+its checkpoint or start, train epoch by epoch (each epoch a few segments of
 steps, an evaluation after those that :func:`record_points` marks), save,
 and score the best weights on the test split. The pieces live in their own
 modules: the jitted functions in ``steps``, the train state in ``state``,

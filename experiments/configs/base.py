@@ -129,7 +129,7 @@ class Preset(NamedTuple):
       run: One of ``runs``.
       overrides: Flattened keys (``{'optimizer.sync_period': 100}``),
         applied last.
-      quick: Shrink the run to a smoke run (:func:`quick`).
+      quick: Shrink the run to a smoke run (:func:`quick_config`).
 
     Returns:
       A fresh config.
