@@ -113,8 +113,8 @@ class Conv7(nn.Module):
     patches_input_gradient: Whether the second strided conv and the last
       conv compute their input gradients through patches (faster on CPU;
       the same parameters, outputs and kernel gradients, input gradients
-      within rounding). False gives XLA's convolution everywhere, as the
-      results of ``docs/RESULTS.md`` made before it were trained.
+      within rounding). False gives XLA's convolution everywhere. This is
+      the one default: ``configs/base.py`` takes it from here.
     batch_chunk: When positive, ``Conv_1`` to ``Conv_4`` compute on slices
       of this many examples (``layers.in_batch_chunks``): XLA's CPU backend
       runs them faster per example on a few (the same parameters; outputs
@@ -327,12 +327,12 @@ def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   if name == 'f2':
     return BiasFreeMLP(hidden=(128, 64), num_classes=num_classes)
   if name == 'conv7':
-    # Configs written before the option (metrics.json of earlier runs) were
-    # trained with XLA's convolution everywhere.
-    return Conv7(num_classes=num_classes,
-                 patches_input_gradient=config.get('patches_input_gradient',
-                                                   False),
-                 batch_chunk=config.get('batch_chunk', 0))
+    # Options a config leaves out (batch_chunk outside the conv7 preset) are
+    # the module's defaults, the only ones.
+    return Conv7(num_classes=num_classes, **{
+        option: config[option] for option in ('patches_input_gradient',
+                                              'batch_chunk')
+        if option in config})
   if name in _VGG_STAGES:
     stages, dense = _VGG_STAGES[name]
     return VGG(stages=stages, dense=dense, num_classes=num_classes)

@@ -2,13 +2,15 @@
 
 The initial weights are the model's initializer's, pruned (Section 5.4) or
 set to a shared value (Section 5.5) as the config's ``init`` section says;
-every draw comes from ``config.seed``, so a run can always regenerate them
-(``docs/results_figures.py`` does, to check that trained kernels are exact
-permutations of them).
+every draw comes from ``config.seed``, so a run can always regenerate them.
+:func:`initial_run` rebuilds a run from its config (model, LaPerm's layout,
+optimizer, each seed's initial state): training starts from it, and the
+results figures call it to check that trained kernels are exact
+permutations of the initial ones.
 """
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from flax import linen as nn
 from flax.training import train_state
@@ -110,14 +112,73 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
   """
   init_key, weights_key = jax.random.split(jax.random.key(config.seed))
   if tx is None:
-    tx = optimizers.create(
-        config.optimizer, steps_per_epoch, optimizers.weight_vector_layout(
-            config.optimizer, model, image_shape))
+    _, tx = _layout_and_optimizer(config.optimizer, model, image_shape,
+                                  steps_per_epoch)
   init_model, create = _state_programs(
       model, tx, ml_collections.FrozenConfigDict(config.init),
       ml_collections.FrozenConfigDict(config.optimizer))
   initial_variables = init_model(init_key, jnp.zeros((1, *image_shape)))
   return create(weights_key, initial_variables)
+
+
+class InitialRun(NamedTuple):
+  """A run rebuilt from its config, before its first step.
+
+  Attributes:
+    model: The Flax module.
+    layout: LaPerm's weight-vector layout (``optimizers.weight_vector_layout``;
+      None: all axes but the last).
+    tx: The optimizer, shared by the seeds so that their states stack.
+    seed_configs: The run's config with each seed in ``seed``.
+    states: Each seed's initial train state, in the order of the seeds.
+  """
+
+  model: nn.Module
+  layout: Any
+  tx: optax.GradientTransformation
+  seed_configs: list[ml_collections.ConfigDict]
+  states: list[TrainState]
+
+
+def initial_run(config: ml_collections.ConfigDict, seeds: Sequence[int], *,
+                num_classes: int, image_shape: tuple[int, ...],
+                steps_per_epoch: int) -> InitialRun:
+  """Rebuilds a run from its config: model, layout, optimizer, initial states.
+
+  The one way a run is set up: training starts from it, and a finished run
+  (its ``metrics.json`` config) regenerates its initial weights with it.
+
+  Args:
+    config: The run's config; ``config.seed`` is replaced by each seed.
+    seeds: The seeds, each drawing its own initial weights.
+    num_classes: Classes of the dataset.
+    image_shape: Shape of one input image.
+    steps_per_epoch: Train steps in one epoch (for the schedules; any value
+      gives the same shapes and initial weights).
+
+  Returns:
+    The model, layout, optimizer, per-seed configs and initial states.
+  """
+  model = models.create(config.model, num_classes)
+  layout, tx = _layout_and_optimizer(config.optimizer, model, image_shape,
+                                     steps_per_epoch)
+  seed_configs = []
+  for seed in seeds:
+    seed_config = ml_collections.ConfigDict(config.to_dict())
+    seed_config.seed = int(seed)
+    seed_configs.append(seed_config)
+  states = [create_train_state(seed_config, model, image_shape,
+                               steps_per_epoch, tx=tx)
+            for seed_config in seed_configs]
+  return InitialRun(model, layout, tx, seed_configs, states)
+
+
+def _layout_and_optimizer(config: ml_collections.ConfigDict, model: nn.Module,
+                          image_shape: tuple[int, ...], steps_per_epoch: int
+                          ) -> tuple[Any, optax.GradientTransformation]:
+  """LaPerm's layout of ``model``'s weights, and the optimizer built on it."""
+  layout = optimizers.weight_vector_layout(config, model, image_shape)
+  return layout, optimizers.create(config, steps_per_epoch, layout)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,7 +1,10 @@
 """The run driver: train seeds, evaluate, keep the best weights, checkpoint.
 
-:func:`train_seeds` reads top to bottom: set the run up, restore its
-checkpoint or start, train epoch by epoch (each epoch a few segments of
+A preset: :func:`prepare_data` gets its runs' datasets ready, then
+:func:`train_preset` trains the runs and writes the table, summary and
+figures. A run (:func:`train_seeds`; :func:`train_and_evaluate` for one
+seed) reads top to bottom: set the run up (``state.initial_run``), restore
+its checkpoint or start, train epoch by epoch (each epoch a few segments of
 steps, an evaluation after those that :func:`record_points` marks), save,
 and score the best weights on the test split. The pieces live in their own
 modules: the jitted functions in ``steps``, the train state in ``state``,
@@ -24,7 +27,7 @@ split at the end. Test data never picks weights.
 import dataclasses
 import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +36,11 @@ import numpy as np
 import tqdm
 
 from experiments import checkpoints
+from experiments import configs
 from experiments import data
+from experiments import download as download_lib
 from experiments import models
 from experiments import monitor
-from experiments import optimizers
 from experiments import parallel
 from experiments import report
 from experiments import state as state_lib
@@ -91,25 +95,113 @@ class _Run:
     return [seed_config.seed for seed_config in self.seed_configs]
 
 
+def train_preset(preset: str, description: str,
+                 run_configs: dict[str, ml_collections.ConfigDict], *,
+                 seeds: dict[str, Sequence[int]],
+                 meshes: dict[str, parallel.Mesh], out: pathlib.Path,
+                 resume: bool = False) -> list[list[report.RunResult]]:
+  """Trains a preset's runs; prints the table, writes summary and figures.
+
+  Args:
+    preset: The preset's name, for the output.
+    description: What the preset shows, printed first.
+    run_configs: Run name -> its config, with its data prepared
+      (:func:`prepare_data`).
+    seeds: Run name -> its seeds.
+    meshes: Run name -> its devices (``parallel.make_mesh(config.devices,
+      config.batch_size)``).
+    out: The output directory: one folder per run, ``summary.json`` and the
+      figures.
+    resume: Continue from the runs' latest checkpoints.
+
+  Returns:
+    Per run, one result per seed.
+  """
+  out.mkdir(parents=True, exist_ok=True)
+  say = print if parallel.is_writer() else lambda *_: None
+  say(f'{preset}: {description}\noutput: {out}')
+  loaded = {}
+  results = []
+  for name, config in run_configs.items():
+    source = data.split_source(config)
+    if source not in loaded:
+      loaded[source] = data.load_splits(config)
+    splits, num_classes, image_shape = loaded[source]
+    say(f'{name}: {config.model.name} with {config.optimizer.name} on '
+        f'{config.dataset} {image_shape}, {len(splits["train"].labels)} '
+        f'train / {len(splits["validation"].labels)} validation / '
+        f'{len(splits["test"].labels)} test, {config.epochs} epochs'
+        f'{parallel.describe(meshes[name])}')
+    results.append(train_seeds(config, seeds[name], splits, num_classes,
+                               out / name, mesh=meshes[name], name=name,
+                               resume=resume))
+  if parallel.is_writer():
+    print(report.table(results, [config.optimizer.name
+                                 for config in run_configs.values()]))
+    report.write_summary(results, preset, out / 'summary.json')
+    for path in report.write_figures(results, out):
+      print(f'figure: {path}')
+  return results
+
+
+def prepare_data(run_configs: dict[str, ml_collections.ConfigDict], *,
+                 download: Optional[bool] = None, scale_validation: bool = True
+                 ) -> list[str]:
+  """Gets each run's dataset ready and fits its validation split to it.
+
+  Args:
+    run_configs: Run name -> its config; validation sizes that do not fit
+      are updated in place (:func:`experiments.configs.fit_validation`).
+    download: Whether to download a TFDS dataset that is not prepared
+      (:func:`experiments.download.prepare`; None: if its host answers).
+    scale_validation: Whether a validation split that does not fit the
+      dataset is scaled to it; else it is an error.
+
+  Returns:
+    One line per change of a validation split, to print.
+
+  Raises:
+    DataUnavailableError: A dataset is not on this machine.
+    ValidationSizeError: ``scale_validation`` is off and a split does not
+      fit.
+  """
+  sizes, notes = {}, {}
+  for config in run_configs.values():
+    source = (config.dataset, config.data_dir or None)
+    if source not in sizes:
+      download_lib.prepare(config.dataset, data_dir=source[1],
+                           download=download)
+      sizes[source] = data.train_size(config.dataset, data_dir=source[1])
+    note = configs.fit_validation(config, sizes[source],
+                                  scale=scale_validation)
+    if note:
+      notes[note] = None
+  return list(notes)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        splits: dict[str, data.Split], num_classes: int,
                        workdir: pathlib.Path, *, name: str = 'run',
                        resume: bool = False) -> report.RunResult:
-  """Trains the run of ``config.seed``; see :func:`train_seeds`."""
-  return train_seeds(config, (config.seed,), splits, num_classes, workdir,
-                     name=name, resume=resume)[0]
+  """Trains the run of ``config.seed`` on the devices ``config.devices`` names.
+
+  See :func:`train_seeds` for the arguments.
+  """
+  mesh = parallel.make_mesh(config.devices, config.batch_size)
+  return _train_together(config, (config.seed,), splits, num_classes,
+                         workdir, mesh, name, resume)[0]
 
 
 def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
                 splits: dict[str, data.Split], num_classes: int,
-                workdir: pathlib.Path, *, name: str = 'run',
-                resume: bool = False) -> list[report.RunResult]:
+                workdir: pathlib.Path, *, mesh: parallel.Mesh,
+                name: str = 'run', resume: bool = False
+                ) -> list[report.RunResult]:
   """Trains one run per seed, evaluates and checkpoints them, writes metrics.
 
   Args:
-    config: The run's config (see ``experiments/configs/base.py``; its
-      ``devices`` field asks for data parallelism over that many local
-      devices, 0 for all). ``config.seed`` is replaced by each seed.
+    config: The run's config (see ``experiments/configs/base.py``).
+      ``config.seed`` is replaced by each seed.
     seeds: The seeds: initial weights, batch order, augmentation, dropout.
       The validation split is drawn with ``config.data_seed``, the same for
       every seed.
@@ -118,6 +210,8 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     workdir: Where the runs write ``checkpoints/`` and ``metrics.json``
       (``seed-S/metrics.json`` per seed when there are several; seeds that
       do not train together also checkpoint there).
+    mesh: The devices, as ``parallel.make_mesh(config.devices,
+      config.batch_size)`` gives them (None: one device).
     name: The run's name, shown on the progress bar.
     resume: Continue from the latest checkpoint in ``workdir`` if any.
 
@@ -128,11 +222,19 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f'seeds must be distinct and at least one; got {seeds}.')
   if len(seeds) > 1 and not config.seeds_in_one_step:
-    return [train_and_evaluate(_with_seed(config, seed), splits, num_classes,
-                               workdir / f'seed-{seed}', name=name,
-                               resume=resume) for seed in seeds]
+    return [_train_together(config, (seed,), splits, num_classes,
+                            workdir / f'seed-{seed}', mesh, name, resume)[0]
+            for seed in seeds]
+  return _train_together(config, seeds, splits, num_classes, workdir, mesh,
+                         name, resume)
+
+
+def _train_together(config, seeds, splits, num_classes, workdir, mesh, name,
+                    resume) -> list[report.RunResult]:
+  """Trains ``seeds`` in one program: restore or start, epochs, results."""
   start_time = time.perf_counter()
-  run, initial = _set_up(config, seeds, splits, num_classes, workdir, name)
+  run, initial = _set_up(config, seeds, splits, num_classes, workdir, mesh,
+                         name)
   with checkpoints.manager(workdir) as manager:
     carried, epochs_done, progress = _restore_or_start(run, initial, manager,
                                                        resume)
@@ -150,17 +252,9 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   return _results(run, carried, progress, start_time)
 
 
-def _with_seed(config: ml_collections.ConfigDict,
-               seed: int) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.seed = seed
-  return config
-
-
-def _set_up(config, seeds, splits, num_classes, workdir, name
+def _set_up(config, seeds, splits, num_classes, workdir, mesh, name
             ) -> tuple[_Run, checkpoints.Carried]:
   """The run's data on its devices, its programs, and its initial arrays."""
-  mesh = parallel.make_mesh(config.devices, config.batch_size)
   workdir.mkdir(parents=True, exist_ok=True)
   train_split = parallel.put(mesh, splits['train'])
   validation = parallel.put(mesh, splits['validation'])
@@ -168,28 +262,23 @@ def _set_up(config, seeds, splits, num_classes, workdir, name
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
                      f'{len(splits["train"].labels)} training examples.')
-  model = models.create(config.model, num_classes)
-  image_shape = splits['train'].images.shape[1:]
-  layout = optimizers.weight_vector_layout(config.optimizer, model,
-                                           image_shape)
-  tx = optimizers.create(config.optimizer, steps_per_epoch, layout)
-  seed_configs = [_with_seed(config, seed) for seed in seeds]
-  state = steps.stack_seeds([
-      state_lib.create_train_state(seed_config, model, image_shape,
-                                   steps_per_epoch, tx=tx)
-      for seed_config in seed_configs])
+  setup = state_lib.initial_run(
+      config, seeds, num_classes=num_classes,
+      image_shape=splits['train'].images.shape[1:],
+      steps_per_epoch=steps_per_epoch)
+  state = steps.stack_seeds(setup.states)
   if mesh is not None:
     state = parallel.put(mesh, state)
   together = bool(config.seeds_in_one_step)
   run = _Run(
-      config=config, seed_configs=seed_configs, name=name, workdir=workdir,
-      mesh=mesh, splits=splits, train_split=train_split,
+      config=config, seed_configs=setup.seed_configs, name=name,
+      workdir=workdir, mesh=mesh, splits=splits, train_split=train_split,
       validation=validation, steps_per_epoch=steps_per_epoch,
       draw=steps.make_draw(config, steps_per_epoch),
-      train=steps.make_train(config, model, mesh, together),
-      evaluate=steps.make_evaluate(model, config.eval_batch_size, mesh,
+      train=steps.make_train(config, setup.model, mesh, together),
+      evaluate=steps.make_evaluate(setup.model, config.eval_batch_size, mesh,
                                    together),
-      eval_weights=steps.make_eval_weights(mesh, together, layout),
+      eval_weights=steps.make_eval_weights(mesh, together, setup.layout),
       base_keys=jnp.stack([jax.random.fold_in(jax.random.key(seed), 1)
                            for seed in seeds]))
   params = run.eval_weights(state)

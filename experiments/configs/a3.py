@@ -7,7 +7,6 @@ validation loss (Figure 13). These runs use ordinary optimizers: the point
 is how much they *reorder* weights.
 """
 
-from experiments.configs import Preset
 from experiments.configs import base
 
 _SETTINGS = {
@@ -19,7 +18,7 @@ _SETTINGS = {
 }
 
 
-def _a3(description: str, *settings: str) -> Preset:
+def _a3(description: str, *settings: str) -> base.Preset:
   config = base.get_config()
   config.model.name = 'mlp'
   config.optimizer.schedule = 'piecewise'
@@ -30,26 +29,26 @@ def _a3(description: str, *settings: str) -> Preset:
   config.monitor = True
   config.seeds_in_one_step = True
   config.steps_per_call = 10
-  return Preset(description, config,
-                {name: dict(_SETTINGS[name]) for name in settings})
+  return base.Preset(description, config,
+                     {name: dict(_SETTINGS[name]) for name in settings})
 
 
-def sgd() -> Preset:
+def sgd() -> base.Preset:
   return _a3('A.3 MLP, SGD 0.1 (Fig. 13a)', 'sgd')
 
 
-def adam() -> Preset:
+def adam() -> base.Preset:
   return _a3('A.3 MLP, Adam 1e-3 (Fig. 13b)', 'adam')
 
 
-def dropout() -> Preset:
+def dropout() -> base.Preset:
   return _a3('A.3 MLP, Adam with dropout 0.4/0.3 (Fig. 13c)', 'adam-dropout')
 
 
-def l2() -> Preset:
+def l2() -> base.Preset:
   return _a3('A.3 MLP, Adam with L2 2e-4 (Fig. 13d)', 'adam-l2')
 
 
-def all_settings() -> Preset:
+def all_settings() -> base.Preset:
   return _a3('A.3 MLP, the four settings side by side (Fig. 13)',
              *_SETTINGS)

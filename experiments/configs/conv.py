@@ -20,11 +20,10 @@ ambiguous):
   these presets follow the paper and normalize, per channel.
 """
 
-from experiments.configs import Preset
 from experiments.configs import base
 
 
-def conv7() -> Preset:
+def conv7() -> base.Preset:
   """Conv7 (5.1): LaPerm beside Adam and Lookahead, 45 epochs, 0.95/epoch."""
   config = base.get_config()
   config.dataset = 'mnist'
@@ -47,14 +46,14 @@ def conv7() -> Preset:
   # presets' configs, and the metrics.json of their runs, are unchanged.
   config.model.batch_chunk = 10
   config.eval_batch_size = 100
-  return Preset(
+  return base.Preset(
       'Conv7 on MNIST with augmentation: LaPerm, Adam, Lookahead (5.1)',
       config, {'laperm': {'optimizer.name': 'laperm'},
                'adam': {'optimizer.name': 'adam'},
                'lookahead': {'optimizer.name': 'lookahead'}})
 
 
-def _cifar(model: str, description: str) -> Preset:
+def _cifar(model: str, description: str) -> base.Preset:
   config = base.get_config()
   config.dataset = 'cifar10'
   config.model.name = model
@@ -69,18 +68,18 @@ def _cifar(model: str, description: str) -> Preset:
   config.l2 = 1e-4
   config.batch_size = 50
   config.epochs = 125
-  return Preset(description, config,
-                {'laperm': {'optimizer.name': 'laperm'},
-                 'adam': {'optimizer.name': 'adam'}})
+  return base.Preset(description, config,
+                     {'laperm': {'optimizer.name': 'laperm'},
+                      'adam': {'optimizer.name': 'adam'}})
 
 
-def conv2() -> Preset:
+def conv2() -> base.Preset:
   return _cifar('conv2', 'Conv2 on CIFAR-10, k=1000: LaPerm and Adam (5.2)')
 
 
-def conv4() -> Preset:
+def conv4() -> base.Preset:
   return _cifar('conv4', 'Conv4 on CIFAR-10, k=1000: LaPerm and Adam (5.2)')
 
 
-def conv13() -> Preset:
+def conv13() -> base.Preset:
   return _cifar('conv13', 'Conv13 on CIFAR-10, k=1000: LaPerm and Adam (5.2)')

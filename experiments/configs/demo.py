@@ -6,11 +6,10 @@ F1-style net (one dense layer, weights in {0, 0.08}) trained by LaPerm. The
 monitor records the first kernel's weight statistics and ranking distance.
 """
 
-from experiments.configs import Preset
 from experiments.configs import base
 
 
-def demo() -> Preset:
+def demo() -> base.Preset:
   config = base.get_config()
   config.dataset = 'digits'
   config.validation_size = 300
@@ -27,7 +26,7 @@ def demo() -> Preset:
   config.monitor = True
   config.seeds_in_one_step = True
   config.steps_per_call = 10
-  return Preset(
+  return base.Preset(
       'Demo on digits: LaPerm vs Adam, and a weight-agnostic net', config,
       {'laperm': {'optimizer.name': 'laperm'},
        'adam': {'optimizer.name': 'adam'},

@@ -7,7 +7,6 @@ k = 400 dense, 800 pruned.
 
 import ml_collections
 
-from experiments.configs import Preset
 from experiments.configs import base
 
 DENSE_SYNC_PERIOD = 400
@@ -32,31 +31,31 @@ def _resnet() -> ml_collections.ConfigDict:
   return config
 
 
-def resnet50() -> Preset:
+def resnet50() -> base.Preset:
   """LaPerm and Adam; ``--prune RATE`` prunes the kernels first (k=800)."""
-  return Preset('ResNet50 on CIFAR-10: LaPerm and Adam (5.4)', _resnet(),
-                {'laperm': {'optimizer.name': 'laperm'},
-                 'adam': {'optimizer.name': 'adam'}},
-                prune_overrides={'optimizer.sync_period': PRUNED_SYNC_PERIOD})
+  return base.Preset(
+      'ResNet50 on CIFAR-10: LaPerm and Adam (5.4)', _resnet(),
+      {'laperm': {'optimizer.name': 'laperm'},
+       'adam': {'optimizer.name': 'adam'}},
+      prune_overrides={'optimizer.sync_period': PRUNED_SYNC_PERIOD})
 
 
-def prune_sweep() -> Preset:
+def prune_sweep() -> base.Preset:
   """LaPerm on ResNet50 dense and pruned by 30, 50 and 70% (Table 5.4)."""
   runs = {'dense': {'init.kind': 'random'}}
   for rate in (0.3, 0.5, 0.7):
     runs[f'pruned-{round(rate * 100)}'] = {
         'init.kind': 'prune', 'init.prune_rate': rate,
         'optimizer.sync_period': PRUNED_SYNC_PERIOD}
-  return Preset('ResNet50, LaPerm on random sparse nets (5.4)', _resnet(),
-                runs)
+  return base.Preset('ResNet50, LaPerm on random sparse nets (5.4)', _resnet(),
+                     runs)
 
 
-def gamma_beta() -> Preset:
+def gamma_beta() -> base.Preset:
   """LaPerm with and without resetting BN's gamma and beta (A.5.6), k=800."""
   config = _resnet()
   config.optimizer.sync_period = PRUNED_SYNC_PERIOD
-  return Preset('ResNet50, gamma-beta reset at each sync vs none (A.5.6)',
-                config,
-                {'laperm': {'optimizer.gamma_beta_reset': False},
-                 'laperm-gamma-beta-reset': {
-                     'optimizer.gamma_beta_reset': True}})
+  return base.Preset(
+      'ResNet50, gamma-beta reset at each sync vs none (A.5.6)', config,
+      {'laperm': {'optimizer.gamma_beta_reset': False},
+       'laperm-gamma-beta-reset': {'optimizer.gamma_beta_reset': True}})

@@ -31,11 +31,10 @@ LaPerm trains attention too. Where each setting comes from:
   of about 45 minutes on a shared 2-core CPU.
 """
 
-from experiments.configs import Preset
 from experiments.configs import base
 
 
-def vit() -> Preset:
+def vit() -> base.Preset:
   """A ViT on Fashion-MNIST: LaPerm (derived layout) beside Adam."""
   config = base.get_config()
   config.dataset = 'fashion_mnist'
@@ -49,7 +48,7 @@ def vit() -> Preset:
   config.eval_every_steps = 400  # A multiple of k: right after a sync.
   config.batch_size = 128
   config.epochs = 15
-  return Preset(
+  return base.Preset(
       'A ViT on Fashion-MNIST: LaPerm with derived weight vectors, Adam',
       config, {'laperm': {'optimizer.name': 'laperm'},
                'adam': {'optimizer.name': 'adam'}})

@@ -23,7 +23,6 @@ each setting comes from (the paper's section, or the authors' notebook
 
 import ml_collections
 
-from experiments.configs import Preset
 from experiments.configs import base
 
 SYNC_PERIOD = 250
@@ -49,26 +48,27 @@ def _weight_agnostic(model: str, value: float,
   return config
 
 
-def f1() -> Preset:
+def f1() -> base.Preset:
   """F1: one dense layer, weights in {0, 0.08}, 40% zeros."""
   config = _weight_agnostic('f1', 0.08, 10)
   config.init.keep = 0.6
-  return Preset('F1 weight-agnostic on MNIST (5.5)', config, {'laperm': {}})
+  return base.Preset('F1 weight-agnostic on MNIST (5.5)', config,
+                     {'laperm': {}})
 
 
-def f2() -> Preset:
+def f2() -> base.Preset:
   """F2: 784-128-64-10, weights in {0, 0.03}, 90% zeros, L2 1e-4 hidden."""
   config = _weight_agnostic('f2', 0.03, 25)
   config.init.keep = 0.1
   config.l2 = 1e-4
-  return Preset('F2 weight-agnostic on MNIST, 10% nonzero (5.5)', config,
-                {'laperm': {}})
+  return base.Preset('F2 weight-agnostic on MNIST, 10% nonzero (5.5)', config,
+                     {'laperm': {}})
 
 
-def f2_size_aware() -> Preset:
+def f2_size_aware() -> base.Preset:
   """F2 keeping exactly 1/15, 1/7 and 1/3 of its three kernels (A.5.0)."""
   config = _weight_agnostic('f2', 0.03, 25)
   config.init.keep_per_kernel = (1 / 15, 1 / 7, 1 / 3)
   config.l2 = 1e-4
-  return Preset('F2 weight-agnostic on MNIST, size-aware rates (A.5.0)',
-                config, {'laperm': {}})
+  return base.Preset('F2 weight-agnostic on MNIST, size-aware rates (A.5.0)',
+                     config, {'laperm': {}})

@@ -1,5 +1,6 @@
 """The command line refuses bad input: one ``error:`` line, status 2, no run."""
 
+import json
 import time
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from experiments import cli
 from experiments import configs
 from experiments import download
+from experiments import train
 
 PREFIX = 'python -m experiments: error: '
 
@@ -104,21 +106,31 @@ def test_set_values_take_the_type_of_the_field():
   assert config.optimizer.sync_period == 7
 
 
-def test_a_preset_validation_split_is_scaled_to_a_small_dataset(capsys):
+def test_a_preset_validation_split_is_scaled_to_a_small_dataset():
   args = cli.parser().parse_args(['f1', '--dataset', 'digits'])
   run_configs = cli.run_configs(configs.get('f1'), args)
   assert run_configs['laperm'].validation_size == 5000
-  cli.prepare_data(run_configs, args)
-  assert run_configs['laperm'].validation_size == 149
-  assert capsys.readouterr().out == (
+  assert train.prepare_data(run_configs) == [
       "digits has 1497 training examples: holding out 149 (10%) for "
-      "validation instead of the preset's 5000\n")
+      "validation instead of the preset's 5000"]
+  assert run_configs['laperm'].validation_size == 149
   args = cli.parser().parse_args(['f1', '--dataset', 'digits', '--set',
                                   'validation_size=300'])
   run_configs = cli.run_configs(configs.get('f1'), args)
-  cli.prepare_data(run_configs, args)
+  assert not train.prepare_data(run_configs)
   assert run_configs['laperm'].validation_size == 300
-  assert not capsys.readouterr().out
+
+
+def test_the_scaled_validation_split_is_said_once(tmp_path, capsys):
+  out = tmp_path / 'out'
+  cli.main(['f1', '--dataset', 'digits', '--epochs', '1', '--no-progress',
+            '--out', str(out)])
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0] == ("digits has 1497 training examples: holding out 149 "
+                        "(10%) for validation instead of the preset's 5000")
+  assert sum('holding out' in line for line in printed) == 1
+  config = json.loads((out / 'laperm' / 'metrics.json').read_text())['config']
+  assert config['validation_size'] == 149
 
 
 def test_download_option():

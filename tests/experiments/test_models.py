@@ -1,5 +1,8 @@
 """The paper's networks: output shapes on every input size, layer counts."""
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -153,3 +156,28 @@ def test_masks_of_hidden_kernels_and_batch_norm():
                     models.batch_norm_mask(params))[0] if selected}
   assert batch_norm == {f"['BatchNorm_{i}']['{name}']" for i in (0, 1)
                         for name in ('bias', 'scale')}
+
+
+def test_patches_input_gradient_has_one_default():
+  config = base.get_config().model
+  assert config.patches_input_gradient is models.Conv7.patches_input_gradient
+  config.name = 'conv7'
+  for setting in (True, False):
+    config.patches_input_gradient = setting
+    assert models.create(config, 10).patches_input_gradient is setting
+  # A config without the option gets the module's default.
+  assert models.create(ml_collections.ConfigDict({'name': 'conv7'}),
+                       10).patches_input_gradient is True
+
+
+def test_committed_runs_build_the_models_they_trained():
+  results = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'results'
+  built = set()
+  for path in sorted(results.rglob('metrics.json')):
+    config = ml_collections.ConfigDict(
+        json.loads(path.read_text())['config']).model
+    model = models.create(config, 10)
+    if config.name == 'conv7':  # Every committed Conv7 run records it.
+      assert model.patches_input_gradient is config.patches_input_gradient
+    built.add(config.name)
+  assert {'conv7', 'f1', 'f2', 'mlp', 'vit'} <= built

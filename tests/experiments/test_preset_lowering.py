@@ -14,12 +14,9 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import pytest
 
 from experiments import configs
-from experiments import models
-from experiments import optimizers
 from experiments import state as state_lib
 from experiments import steps
 
@@ -37,23 +34,23 @@ STEPS_PER_EPOCH = 4
 
 def _run_configs(preset_name):
   preset = configs.get(preset_name)
-  for name, overrides in preset.runs.items():
-    config = ml_collections.ConfigDict(preset.config.to_dict())
-    config.update_from_flattened_dict(overrides)
-    config.update_from_flattened_dict(SMALLER)
-    yield name, config
+  for name in preset.runs:
+    yield name, preset.run_config(name, SMALLER)
 
 
 def _programs(config):
   """The programs a run of ``config`` calls, with abstract arguments."""
-  model = models.create(config.model, 10)
   image_shape = IMAGE_SHAPES[config.dataset]
-  layout = optimizers.weight_vector_layout(config.optimizer, model,
-                                           image_shape)
-  tx = optimizers.create(config.optimizer, STEPS_PER_EPOCH, layout)
-  state = jax.eval_shape(lambda: steps.stack_seeds([
-      state_lib.create_train_state(config, model, image_shape,
-                                   STEPS_PER_EPOCH, tx=tx)]))
+  rebuilt = []  # The run as training sets it up, traced without computing.
+
+  def initial_state():
+    rebuilt.append(state_lib.initial_run(
+        config, (config.seed,), num_classes=10, image_shape=image_shape,
+        steps_per_epoch=STEPS_PER_EPOCH))
+    return steps.stack_seeds(rebuilt[0].states)
+
+  state = jax.eval_shape(initial_state)
+  model, layout = rebuilt[0].model, rebuilt[0].layout
   together = bool(config.seeds_in_one_step)
   examples = STEPS_PER_EPOCH * config.batch_size
   images = jax.ShapeDtypeStruct((examples, *image_shape), jnp.float32)

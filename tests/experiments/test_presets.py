@@ -18,6 +18,7 @@ import pytest
 
 from experiments import cli
 from experiments import configs
+from experiments.configs import base
 from experiments import models
 from experiments import state as state_lib
 
@@ -63,12 +64,56 @@ def test_preset_runs_quick_on_digits(preset, tmp_path, capsys):
   assert run in capsys.readouterr().out  # The final table.
 
 
+@pytest.mark.parametrize('preset', configs.names())
+def test_quick_runs_are_small_with_syncs_inside(preset):
+  for run in configs.get(preset).runs:
+    full = configs.get(preset).run_config(run)
+    quick = configs.get(preset).run_config(run, quick=True)
+    for key, value in base.QUICK_OVERRIDES.items():
+      assert quick[key] == value, (run, key)
+    assert quick.optimizer.sync_period == min(full.optimizer.sync_period,
+                                              base.QUICK_MAX_SYNC_PERIOD)
+    assert quick.validation_size <= base.QUICK_MAX_VALIDATION
+    if full.eval_every_steps:
+      assert quick.eval_every_steps <= base.QUICK_MAX_SYNC_PERIOD
+    # Everything else is the run's: the model, the optimizer, the data.
+    assert quick.model == full.model and quick.init == full.init
+    assert quick.optimizer.name == full.optimizer.name
+    assert quick.dataset == full.dataset
+    # Syncs inside the run, even if the validation split came out of the
+    # examples kept.
+    steps = quick.epochs * ((quick.max_examples - quick.validation_size) //
+                            quick.batch_size)
+    assert steps >= 2 * quick.optimizer.sync_period, run
+
+
+@pytest.mark.parametrize('preset', configs.names())
+def test_a_validation_split_too_large_for_digits_is_scaled(preset):
+  for run in configs.get(preset).runs:
+    config = configs.get(preset).run_config(run)
+    asked = config.validation_size
+    note = base.fit_validation(config, 1497)
+    if asked < 1497:
+      assert note is None and config.validation_size == asked
+    else:
+      assert config.validation_size == 149
+      assert note.endswith(f"instead of the preset's {asked}")
+
+
+def test_a_validation_split_asked_for_is_never_scaled():
+  config = configs.get('f1').run_config('laperm')
+  with pytest.raises(base.ValidationSizeError,
+                     match='hold out from 1 to 1496'):
+    base.fit_validation(config, 1497, scale=False)
+  assert config.validation_size == 5000
+
+
 def test_quick_and_prune_overrides():
   args = cli.parser().parse_args(['resnet50', '--quick', '--prune', '0.5'])
   config = cli.run_configs(configs.get('resnet50'), args)['laperm']
   assert (config.init.kind, config.init.prune_rate) == ('prune', 0.5)
   assert config.epochs == 2 and config.max_examples == 256
-  assert config.optimizer.sync_period == cli.QUICK_MAX_SYNC_PERIOD
+  assert config.optimizer.sync_period == base.QUICK_MAX_SYNC_PERIOD
   args = cli.parser().parse_args(['resnet50', '--prune', '0.5'])
   config = cli.run_configs(configs.get('resnet50'), args)['laperm']
   assert config.optimizer.sync_period == 800  # The paper's k when pruned.
@@ -173,7 +218,7 @@ def test_command_line_reports_unavailable_data(tmp_path):
 def test_seeds_option_is_a_count_from_seed_or_a_list(text, seeds):
   args = cli.parser().parse_args(['f1', '--seed', '5', '--seeds', text])
   config = cli.run_configs(configs.get('f1'), args)['laperm']
-  assert cli.run_seeds(config, args) == seeds
+  assert configs.run_seeds(config, args.seeds) == seeds
 
 
 @pytest.mark.parametrize('text', ['0', '-2', 'a', '1,1', '1,-1'])

@@ -187,9 +187,9 @@ def test_seeds_trained_together_equal_each_seed_alone(tmp_path, overrides):
   config = _config(seeds_in_one_step=True, epochs=2, **overrides)
   splits, num_classes = _splits(config)
   together = train.train_seeds(config, (3, 1, 2), splits, num_classes,
-                               tmp_path / 'together')
+                               tmp_path / 'together', mesh=None)
   alone = train.train_seeds(config, (1,), splits, num_classes,
-                            tmp_path / 'alone')[0]
+                            tmp_path / 'alone', mesh=None)[0]
   assert [result.seed for result in together] == [3, 1, 2]
   _assert_same_run(together[1], alone)
   # Different seeds: different initial weights, different runs.
@@ -217,13 +217,36 @@ def test_seeds_of_a_run_share_their_initialization_programs(caplog):
   assert not np.array_equal(kernels[1], kernels[2])
 
 
+def test_initial_run_rebuilds_the_initial_weights_training_starts_from(
+    tmp_path):
+  config = _config(**{'epochs': 1, 'optimizer.sync_period': 3})
+  splits, num_classes = _splits(config)
+  result = train.train_and_evaluate(config, splits, num_classes, tmp_path)
+  saved = ml_collections.ConfigDict(
+      json.loads((tmp_path / 'metrics.json').read_text())['config'])
+  rebuilt = state_lib.initial_run(saved, (config.seed, 7), num_classes=10,
+                                  image_shape=(8, 8, 1), steps_per_epoch=1)
+  assert [c.seed for c in rebuilt.seed_configs] == [config.seed, 7]
+  assert rebuilt.layout is None  # The default layout: all axes but the last.
+  initial = optimizers.train_params(rebuilt.states[0].params)
+  trained = result.best_params  # Synchronized: permutations of the initial.
+  chex.assert_trees_all_equal(lp.sort_vectors(trained['hidden1']['kernel']),
+                              lp.sort_vectors(initial['hidden1']['kernel']))
+  assert not np.array_equal(
+      optimizers.train_params(rebuilt.states[1].params)['hidden1']['kernel'],
+      initial['hidden1']['kernel'])
+  # One optimizer for every seed, so that their states stack.
+  assert jax.tree.structure(rebuilt.states[0].opt_state) == jax.tree.structure(
+      rebuilt.states[1].opt_state)
+
+
 def test_seeds_not_trained_together_train_one_after_another(tmp_path):
   config = _config(epochs=1)
   splits, num_classes = _splits(config)
   results = train.train_seeds(config, (4, 1), splits, num_classes,
-                              tmp_path / 'apart')
+                              tmp_path / 'apart', mesh=None)
   alone = train.train_seeds(config, (1,), splits, num_classes,
-                            tmp_path / 'alone')[0]
+                            tmp_path / 'alone', mesh=None)[0]
   assert [result.seed for result in results] == [4, 1]
   _assert_same_run(results[1], alone)
   for seed in (4, 1):  # Each seed checkpoints in its own directory.
@@ -232,7 +255,8 @@ def test_seeds_not_trained_together_train_one_after_another(tmp_path):
                           'metrics.json').read_text())
     assert metrics['seed'] == seed
   with pytest.raises(ValueError, match='distinct'):
-    train.train_seeds(config, (1, 1), splits, num_classes, tmp_path / 'x')
+    train.train_seeds(config, (1, 1), splits, num_classes, tmp_path / 'x',
+                      mesh=None)
 
 
 def test_loops_of_steps_equal_single_steps_in_one_program(tmp_path, caplog):
