@@ -1,19 +1,16 @@
-"""docs/results_figures.py: the exact-permutation checks behind RESULTS.md."""
+"""``python -m experiments.results figures``: the exact-permutation checks
+behind RESULTS.md."""
 
 import json
-import pathlib
 import shutil
-import sys
 
 from experiments import cli
+from experiments.results import cli as results_cli
 import test_data  # Its IDX writer; pytest puts this directory on sys.path.
-
-_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'docs' / (
-    'results_figures.py')
 
 
 def test_checks_confirm_trained_runs_and_catch_a_wrong_config(
-    docs_script, tmp_path, monkeypatch, capsys):
+    tmp_path, capsys):
   (tmp_path / 'idx').mkdir()
   test_data._tiny_mnist(tmp_path / 'idx', train=300, test=50)  # pylint: disable=protected-access
   runs = tmp_path / 'runs'
@@ -31,9 +28,8 @@ def test_checks_confirm_trained_runs_and_catch_a_wrong_config(
   metrics_path.write_text(json.dumps(metrics))
 
   out = tmp_path / 'out'
-  monkeypatch.setattr(sys, 'argv', [str(_SCRIPT), '--runs', str(runs),
-                                    '--out', str(out)])
-  docs_script('results_figures').main()
+  assert results_cli.main(['figures', '--runs', str(runs),
+                           '--out', str(out)]) == 0
 
   checks = json.loads((out / 'checks.json').read_text())['all_laperm_runs']
   exact = {name.removeprefix(str(runs) + '/'): check[
