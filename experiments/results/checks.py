@@ -56,6 +56,38 @@ def fraction_moved(before: Any, after: Any) -> dict[str, float]:
           for name, leaf in kernels(before).items()}
 
 
+def conv_run(run_dir: pathlib.Path, run: restore.Restored,
+             synced: Any) -> dict[str, Any]:
+  """A run's seed 0 in detail, as ``checks.json`` holds the Conv7 run.
+
+  Args:
+    run_dir: The run's folder.
+    run: The run, restored.
+    synced: Seed 0's final params, synchronized.
+
+  Returns:
+    Per kernel: whether it is an exact permutation of its initial weights,
+    the share of its entries that moved, and how far the raw params lie
+    from the synced ones; with the run, step, model and seed.
+  """
+  axes = kernel_axes(run.layout, run.initials[0])
+  before = kernels(run.initials[0])
+  after = kernels(synced)
+  raw = kernels(run.arrays[0]['state'].params)
+  return {
+      'run': str(run_dir), 'checkpoint_step': run.step,
+      'model': run.configs[0].model.name, 'seed': run.configs[0].seed,
+      'kernels_exact_permutation_of_initial': {
+          name: exact_permutation(leaf, after[name], axes.get(name))
+          for name, leaf in before.items()},
+      'fraction_of_entries_moved': {
+          name: float(jnp.mean(leaf != after[name]))
+          for name, leaf in before.items()},
+      'max_abs_raw_minus_synced': {
+          name: float(jnp.max(jnp.abs(leaf - after[name])))
+          for name, leaf in raw.items()}}
+
+
 def all_laperm_runs(runs: pathlib.Path) -> dict[str, dict[str, Any]]:
   """The exact-permutation check on every LaPerm run under ``runs``.
 

@@ -27,7 +27,6 @@ import pathlib
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
 
@@ -94,7 +93,7 @@ def conv_figures(runs: pathlib.Path, out: pathlib.Path,
   initial, state = run.initials[0], run.arrays[0]['state']
   synced = lp.synchronize(state.params, state.opt_state,
                           vector_axes=run.layout)
-  checks['conv_laperm'] = _conv_checks(laperm_dir, run, synced)
+  checks['conv_laperm'] = checks_lib.conv_run(laperm_dir, run, synced)
   print('exact permutation of the initial kernels:',
         checks['conv_laperm']['kernels_exact_permutation_of_initial'])
   shown = ('Conv_1', 'Conv_5', 'head')  # 288, 1600 and 128 per vector.
@@ -123,29 +122,6 @@ def conv_figures(runs: pathlib.Path, out: pathlib.Path,
       kernels_initial[name], kernels_synced[name],
       out / 'conv_permutation_cycles.png', vector_index=0, dpi=DPI))
   return written
-
-
-def _conv_checks(run_dir: pathlib.Path, run: restore.Restored,
-                 synced: Any) -> dict[str, Any]:
-  """Seed 0's kernels: exact permutations of the initial ones, the share
-  of entries moved, and how far the raw params lie from the synced ones."""
-  axes = checks_lib.kernel_axes(run.layout, run.initials[0])
-  before = checks_lib.kernels(run.initials[0])
-  after = checks_lib.kernels(synced)
-  raw = checks_lib.kernels(run.arrays[0]['state'].params)
-  return {
-      'run': str(run_dir), 'checkpoint_step': run.step,
-      'model': run.configs[0].model.name, 'seed': run.configs[0].seed,
-      'kernels_exact_permutation_of_initial': {
-          name: checks_lib.exact_permutation(leaf, after[name],
-                                             axes.get(name))
-          for name, leaf in before.items()},
-      'fraction_of_entries_moved': {
-          name: float(jnp.mean(leaf != after[name]))
-          for name, leaf in before.items()},
-      'max_abs_raw_minus_synced': {
-          name: float(jnp.max(jnp.abs(leaf - after[name])))
-          for name, leaf in raw.items()}}
 
 
 def prune_sweep(runs: pathlib.Path, out: pathlib.Path,

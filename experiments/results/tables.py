@@ -22,8 +22,9 @@ from typing import Callable, Optional, Sequence
 
 from scipy import stats
 
-# The paper's MNIST numbers, for reference (Fashion-MNIST is harder).
+# The Conv7 studies of 10 epochs, whose seeds and runs are shown together.
 CONV7 = ('conv7', 'conv7-seed-1', 'conv7-seed-2', 'conv7-lookahead')
+# The paper's MNIST numbers, for reference (Fashion-MNIST is harder).
 PAPER = {'f1': '85.46%', 'f2': '~53%', 'f2-size-aware': '78.14%',
          'conv7': '99.72%'}
 
@@ -36,10 +37,12 @@ class Run:
   seeds: tuple[dict, ...]
 
   def values(self, key: str) -> list[float]:
+    """Every seed's ``key``, in seed order."""
     return [metrics[key] for metrics in self.seeds]
 
   @property
   def config(self) -> dict:
+    """The run's config (that of its first seed)."""
     return self.seeds[0]['config']
 
 
@@ -56,6 +59,7 @@ def load(results: pathlib.Path, *studies: str) -> dict[str, Run]:
 
 
 def pct(value: float) -> str:
+  """``0.5953`` as ``59.5%``."""
   return f'{100 * value:.1f}%'
 
 
@@ -83,6 +87,7 @@ def ci_text(values: Sequence[float]) -> str:
 
 
 def seeds_text(run: Run) -> str:
+  """``20 (0-19)`` for consecutive seeds from 0, else ``2 (0, 1)``."""
   seeds = [metrics['seed'] for metrics in run.seeds]
   if seeds == list(range(len(seeds))) and len(seeds) > 2:
     return f'{len(seeds)} (0-{len(seeds) - 1})'
@@ -91,6 +96,7 @@ def seeds_text(run: Run) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]],
           right: Sequence[bool]) -> str:
+  """A Markdown table; ``right`` aligns each column right or left."""
   lines = ['| ' + ' | '.join(header) + ' |',
            '| ' + ' | '.join('---:' if r else '---' for r in right) + ' |']
   lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
@@ -98,11 +104,13 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def validations(metrics: dict) -> dict[int, float]:
+  """A seed's validation accuracy by step."""
   return {record['step']: record['val_accuracy']
           for record in metrics['history'] if 'val_accuracy' in record}
 
 
 def seconds(run: Run) -> str:
+  """The run's mean seconds per seed, as a whole number."""
   return f'{mean(run.values("seconds")):,.0f}'
 
 
