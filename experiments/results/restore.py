@@ -56,10 +56,31 @@ def seed_dirs(run_dir: pathlib.Path) -> list[pathlib.Path]:
                 key=lambda path: int(path.name.removeprefix('seed-')))
 
 
+def _seed_configs(folders: list[pathlib.Path]
+                  ) -> list[ml_collections.ConfigDict]:
+  """Each seed's config, from its ``metrics.json``.
+
+  Raises:
+    ValueError: A seed's config differs from the first seed's in more than
+      its seed: the files are not those of one run.
+  """
+  configs = [read_metrics(folder)['config'] for folder in folders]
+  first = configs[0]
+  for folder, config in zip(folders[1:], configs[1:]):
+    differing = sorted(key for key in config.keys() | first.keys()
+                       if key != 'seed' and config.get(key) != first.get(key))
+    if differing:
+      raise ValueError(
+          f'{folder}/metrics.json: config differs from {folders[0]}\'s in '
+          f'{differing}; the seeds of a run share every setting but seed.')
+  return [ml_collections.ConfigDict(config) for config in configs]
+
+
 def _rebuild(configs: list[ml_collections.ConfigDict]
              ) -> tuple[Optional[Any], list[state_lib.TrainState]]:
   """The run's layout and each seed's initial train state, as training
-  builds them (the seeds of a run share its model and optimizer)."""
+  builds them (the seeds of a run share its model and optimizer; their
+  configs differ in ``seed`` alone)."""
   model = models.create(configs[0].model, NUM_CLASSES)
   steps_per_epoch = 1  # Shapes only: the schedule's length is not stored.
   layout = optimizers.weight_vector_layout(configs[0].optimizer, model,
@@ -93,10 +114,12 @@ def restore(run_dir: pathlib.Path) -> Restored:
 
   Returns:
     The run's seeds, in seed order.
+
+  Raises:
+    ValueError: The seeds' configs differ in more than their seed.
   """
   folders = seed_dirs(run_dir)
-  configs = [ml_collections.ConfigDict(read_metrics(folder)['config'])
-             for folder in folders]
+  configs = _seed_configs(folders)
   layout, states = _rebuild(configs)
   carried = [_carried(state, layout) for state in states]
   if folders == [run_dir] or not all(
