@@ -60,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _tables(args: argparse.Namespace) -> int:
+  """Collects, then renders or checks the pages' tables; the exit status."""
   if args.collect:
     print('collected:', ', '.join(collect.collect(args.collect, args.results)))
   stale = pages.update(args.pages, args.results, check=args.check)
@@ -72,13 +73,20 @@ def _tables(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs one subcommand.
 
+  Bad input (a page without marked tables, a table without its runs) stops
+  with one ``error:`` line and exit status 2, as argparse does.
+
   Returns:
     The exit status: 1 when ``tables --check`` finds a page that differs
     from its run files, else 0.
   """
-  args = parser().parse_args(argv)
+  cli = parser()
+  args = cli.parse_args(argv)
   if args.command == 'tables':
-    return _tables(args)
+    try:
+      return _tables(args)
+    except (ValueError, FileNotFoundError) as error:
+      cli.error(str(error))
   if args.command == 'figures':
     written = figures.draw(args.runs, args.out, args.sections)
   else:

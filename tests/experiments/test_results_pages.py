@@ -60,13 +60,15 @@ def test_unknown_or_missing_tables_are_errors(tmp_path):
     pages_lib.render(f'<!-- vit:start {start}<!-- vit:end -->', tmp_path)
 
 
-def test_a_page_without_marked_tables_is_an_error(tmp_path):
+def test_a_page_without_marked_tables_is_an_error(tmp_path, capsys):
   # Markers written otherwise would leave the page's tables unchecked.
   page = tmp_path / 'RESULTS.md'
   page.write_text((_ROOT / 'docs' / 'RESULTS.md').read_text().replace(
       pages_lib.GENERATED, '(generated; do not edit)'))
-  with pytest.raises(ValueError, match='holds no table marked'):
+  with pytest.raises(SystemExit) as exit_info:
     results_cli.main(['tables', '--check', '--pages', str(page)])
+  assert exit_info.value.code == 2
+  assert f'error: {page} holds no table marked' in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not _FASHION_MNIST.is_dir(),
