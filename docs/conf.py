@@ -10,7 +10,6 @@ minute each on 2 CPU cores) into ``docs/notebooks/``, which is generated
 and ignored by git, and rendered with their outputs by MyST-NB.
 """
 
-import importlib.util
 import os
 import pathlib
 import sys
@@ -60,17 +59,14 @@ html_theme_options = {
 
 def _execute_notebooks() -> None:
   """Writes every notebook, executed with quick settings, to notebooks/."""
-  spec = importlib.util.spec_from_file_location(
-      'make_figures', ROOT / 'docs' / 'make_figures.py')
-  make_figures = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(make_figures)
   import nbformat  # pylint: disable=g-import-not-at-top
+  from experiments.results import notebooks  # pylint: disable=g-import-not-at-top
   out = ROOT / 'docs' / 'notebooks'
   out.mkdir(exist_ok=True)
   work = out / '_work'
   work.mkdir(exist_ok=True)
   for source in sorted((ROOT / 'notebooks').glob('[0-9]*.py')):
-    notebook = make_figures.execute_notebook(
+    notebook = notebooks.execute_notebook(
         source, cwd=work, timeout=300,
         env={'LAPERM_NOTEBOOK_SETTINGS': 'quick',
              'LAPERM_FIGURES_DIR': str(work / 'figures'),

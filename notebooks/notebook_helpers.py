@@ -9,8 +9,9 @@ is not installed, e.g. on Colab). Environment variables read by
   default on CPU; the README's figures) or ``accelerator`` (the default on a
   GPU or TPU: a wider network, more epochs).
 - ``LAPERM_FIGURES_DIR``: where figures are written (default ``figures``
-  in the working directory); ``docs/make_figures.py`` points it at a
-  temporary folder and copies the README's figures into ``docs/images``.
+  in the working directory); ``python -m experiments.results notebooks``
+  points it at a temporary folder and copies the README's figures into
+  ``docs/images``.
 """
 
 import functools

@@ -7,7 +7,7 @@
 #
 # Then it copies the runs' summary and metrics files to docs/results/ and
 # rewrites the tables of docs/RESULTS.md and README.md from them
-# (docs/results_tables.py).
+# (python -m experiments.results tables --collect).
 #
 # Run from the repository root. Outputs go to runs/results/ (git-ignored);
 # each command refuses to overwrite an output directory that already holds
@@ -103,7 +103,7 @@ section_vit_trials() {  # 5. the ViT's k and which leaves LaPerm permutes
 }
 
 section_figures() {  # the figures and exact-permutation checks
-  "$PYTHON" docs/results_figures.py --runs "$OUT" --out docs/results
+  "$PYTHON" -m experiments.results figures --runs "$OUT" --out docs/results
 }
 
 sections=("$@")
@@ -113,4 +113,4 @@ for section in "${sections[@]}"; do
   "section_$section"
 done
 # The runs' files to docs/results/, and the tables of the pages redone.
-"$PYTHON" docs/results_tables.py --collect "$OUT"
+"$PYTHON" -m experiments.results tables --collect "$OUT"

@@ -1,6 +1,5 @@
 """Shared fixtures of the test suite."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -25,18 +24,6 @@ def _host_devices_env() -> dict[str, str]:
   env['PYTHONPATH'] = os.pathsep.join(
       [str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
   return env
-
-
-@pytest.fixture(scope='session')
-def docs_script():
-  """``load(name)``: the module of ``docs/<name>.py``, outside any package."""
-  def load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / 'docs' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-  return load
 
 
 @pytest.fixture(scope='session')

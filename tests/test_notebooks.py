@@ -3,10 +3,10 @@
 Each notebook's source is a jupytext percent-format ``.py`` file, paired with
 an ``.ipynb`` (the file Colab opens). The pairs are checked to hold the same
 cells, and the ``.ipynb`` to be stripped of outputs. Each source is executed
-(nbclient, in an ipykernel of this Python, see ``docs/make_figures.py``'s
-``execute_notebook``) with its CI settings (``LAPERM_NOTEBOOK_SETTINGS=quick``);
-its own last cell asserts, and the test reads the ``RESULTS`` line it printed
-back from the executed outputs.
+(nbclient, in an ipykernel of this Python, see
+``experiments.results.notebooks.execute_notebook``) with its CI settings
+(``LAPERM_NOTEBOOK_SETTINGS=quick``); its own last cell asserts, and the test
+reads the ``RESULTS`` line it printed back from the executed outputs.
 """
 
 import os
@@ -17,15 +17,16 @@ import jupytext.compare
 import nbformat
 import pytest
 
+from experiments.results import notebooks
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / 'notebooks'
 NAMES = ('01_quick_start', '02_reconnection', '03_weight_agnostic',
          '04_your_own_model')
 
 
-def _execute(name, tmp_path, docs_script):
-  make_figures = docs_script('make_figures')
-  notebook = make_figures.execute_notebook(
+def _execute(name, tmp_path):
+  notebook = notebooks.execute_notebook(
       NOTEBOOKS / f'{name}.py', cwd=tmp_path, timeout=300,
       env={'LAPERM_NOTEBOOK_SETTINGS': 'quick',
            'LAPERM_FIGURES_DIR': str(tmp_path / 'figures'),
@@ -35,7 +36,7 @@ def _execute(name, tmp_path, docs_script):
            'XLA_FLAGS': ' '.join(filter(None, (
                os.environ.get('XLA_FLAGS'),
                '--xla_backend_optimization_level=0')))})
-  return notebook, make_figures.printed_results(notebook)
+  return notebook, notebooks.printed_results(notebook)
 
 
 def test_every_notebook_is_a_pair():
@@ -74,8 +75,8 @@ def test_pair_agrees_and_ipynb_is_stripped(name):
     assert step in install.source, step
 
 
-def test_quick_start(tmp_path, docs_script):
-  notebook, results = _execute('01_quick_start', tmp_path, docs_script)
+def test_quick_start(tmp_path):
+  notebook, results = _execute('01_quick_start', tmp_path)
   assert results['settings'] == 'quick'
   assert results['laperm_kernels_are_permutations'] is True
   assert results['laperm_accuracy'] > 0.8  # Chance: 0.1.
@@ -89,8 +90,8 @@ def test_quick_start(tmp_path, docs_script):
              for cell in notebook.cells for output in cell.get('outputs', ()))
 
 
-def test_reconnection(tmp_path, docs_script):
-  _, results = _execute('02_reconnection', tmp_path, docs_script)
+def test_reconnection(tmp_path):
+  _, results = _execute('02_reconnection', tmp_path)
   assert results['pruned_kernels_keep_their_values'] is True
   assert results['laperm_distribution_fixed'] is True
   assert 0 < results['first_epoch_ranking_distance'] < 1
@@ -102,8 +103,8 @@ def test_reconnection(tmp_path, docs_script):
     assert (tmp_path / 'figures' / figure).stat().st_size > 0
 
 
-def test_weight_agnostic(tmp_path, docs_script):
-  _, results = _execute('03_weight_agnostic', tmp_path, docs_script)
+def test_weight_agnostic(tmp_path):
+  _, results = _execute('03_weight_agnostic', tmp_path)
   assert results['kernels_keep_their_values'] is True
   assert results['largest_accuracy_spread_over_positive_values'] <= 0.01
   for name in ('F1', 'F2'):
@@ -113,8 +114,8 @@ def test_weight_agnostic(tmp_path, docs_script):
             > results[f'{name}_initial_accuracy'] + 0.15)
 
 
-def test_your_own_model(tmp_path, docs_script):
-  _, results = _execute('04_your_own_model', tmp_path, docs_script)
+def test_your_own_model(tmp_path):
+  _, results = _execute('04_your_own_model', tmp_path)
   assert results['derived_kernels_are_permutations'] is True
   assert results['derived_heads_keep_their_values'] is True
   # The trailing-axis grouping moves weights between heads.
@@ -123,17 +124,16 @@ def test_your_own_model(tmp_path, docs_script):
   assert results['derived_accuracy'] > 0.5  # Chance: 0.1.
 
 
-def test_make_figures_draws_the_readme_figures(docs_script):
-  make_figures = docs_script('make_figures')
-  drawn = [figure for figures in make_figures.README_FIGURES.values()
+def test_notebooks_command_draws_the_readme_figures():
+  drawn = [figure for figures in notebooks.README_FIGURES.values()
            for figure in figures]
-  # Every README figure is one this script makes (the demo's comes from
-  # `python -m experiments demo`).
+  # Every README figure is one `python -m experiments.results notebooks`
+  # makes (the demo's comes from `python -m experiments demo`).
   readme = (ROOT / 'README.md').read_text()
   for figure in drawn:
     assert f'(docs/images/{figure})' in readme, figure
     assert (ROOT / 'docs' / 'images' / figure).exists()
-  for name in make_figures.README_FIGURES:
+  for name in notebooks.README_FIGURES:
     source = (NOTEBOOKS / name).read_text()
-    for figure in make_figures.README_FIGURES[name]:
+    for figure in notebooks.README_FIGURES[name]:
       assert f"FIGURES / '{figure}'" in source, (name, figure)

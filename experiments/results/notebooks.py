@@ -1,10 +1,10 @@
-"""Generates the README's figures by running the notebooks that explain them.
+"""Draws the README's figures by running the notebooks that explain them.
 
-The figures come from the same code as the notebooks in ``notebooks/``: this
-script executes their sources (the jupytext ``.py`` files) top to bottom in a
-Jupyter kernel of the running Python (with their CPU settings,
-``LAPERM_NOTEBOOK_SETTINGS=cpu``: a 64-100-100-10 MLP on scikit-learn's 8x8
-digits, 30 epochs, batch 50, Adam at 1e-3 and
+The figures come from the same code as the notebooks in ``notebooks/``:
+:func:`draw_readme_figures` executes their sources (the jupytext ``.py``
+files) top to bottom in a Jupyter kernel of the running Python (with their
+CPU settings, ``LAPERM_NOTEBOOK_SETTINGS=cpu``: a 64-100-100-10 MLP on
+scikit-learn's 8x8 digits, 30 epochs, batch 50, Adam at 1e-3 and
 ``lp.laperm(optax.adam(1e-3), 20)``), lets them write their figures into a
 temporary folder (``LAPERM_FIGURES_DIR``) and copies the README's into
 ``docs/images/``:
@@ -20,25 +20,21 @@ temporary folder (``LAPERM_FIGURES_DIR``) and copies the README's into
   one weight vector of the second layer (the one with the median number of
   cycles) between the first two LaPerm syncs, as cycles (Figure 14).
 
-It prints each notebook's ``RESULTS`` line (accuracies and checks). Needs
-what the tests use (``pip install '.[test]'``: jupytext, nbclient, ipykernel,
-flax, scikit-learn, matplotlib). ``tests/test_notebooks.py`` executes the
+Needs what the tests use (``pip install '.[test]'``: jupytext, nbclient,
+ipykernel, flax, scikit-learn, matplotlib). The tests
+(``tests/test_notebooks.py``) and the site (``docs/conf.py``) execute the
 notebooks with :func:`execute_notebook` too.
-
-Usage (about a minute on 2 CPU cores)::
-
-    python docs/make_figures.py [--out docs/images] [--settings cpu]
 """
 
-import argparse
 import json
 import os
 import pathlib
 import shutil
 import sys
 import tempfile
+from typing import Any, Mapping, Optional
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / 'notebooks'
 # The README's figures, by the notebook that draws them.
 README_FIGURES = {
@@ -48,7 +44,9 @@ README_FIGURES = {
 KERNEL_NAME = 'python3'
 
 
-def execute_notebook(path, *, cwd, env=None, timeout=600):
+def execute_notebook(path: pathlib.Path, *, cwd: pathlib.Path | str,
+                     env: Optional[Mapping[str, str]] = None,
+                     timeout: int = 600) -> Any:
   """Executes a notebook top to bottom in a kernel of this Python.
 
   The kernel runs ``sys.executable -m ipykernel_launcher`` (a kernel spec
@@ -103,7 +101,7 @@ def execute_notebook(path, *, cwd, env=None, timeout=600):
   return notebook
 
 
-def printed_results(notebook):
+def printed_results(notebook: Any) -> dict[str, Any]:
   """The dict a notebook printed as ``RESULTS {json}``, from its outputs."""
   for cell in notebook.cells:
     for output in cell.get('outputs', ()):
@@ -114,27 +112,31 @@ def printed_results(notebook):
   raise ValueError('The notebook printed no RESULTS line.')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--out', default=str(ROOT / 'docs' / 'images'))
-  parser.add_argument('--settings', default='cpu',
-                      choices=('quick', 'cpu', 'accelerator'),
-                      help="the notebooks' settings (default: cpu, the "
-                      "README's)")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
+def draw_readme_figures(out: pathlib.Path, settings: str = 'cpu'
+                        ) -> list[pathlib.Path]:
+  """Runs notebooks 01-02 and copies the README's figures into ``out``.
+
+  Prints each notebook's ``RESULTS`` line (accuracies and checks).
+
+  Args:
+    out: Where the figures go (created if missing): ``docs/images`` for
+      the README.
+    settings: The notebooks' ``LAPERM_NOTEBOOK_SETTINGS``: ``quick``,
+      ``cpu`` (the README's) or ``accelerator``.
+
+  Returns:
+    The figures written.
+  """
   out.mkdir(parents=True, exist_ok=True)
+  written = []
   with tempfile.TemporaryDirectory() as work:
     figures = pathlib.Path(work) / 'figures'
     for name, outputs in README_FIGURES.items():
       notebook = execute_notebook(
           NOTEBOOKS / name, cwd=work,
-          env={'LAPERM_NOTEBOOK_SETTINGS': args.settings,
+          env={'LAPERM_NOTEBOOK_SETTINGS': settings,
                'LAPERM_FIGURES_DIR': str(figures)})
       print(name, json.dumps(printed_results(notebook)))
-      for figure in outputs:
-        print(shutil.copyfile(figures / figure, out / figure))
-
-
-if __name__ == '__main__':
-  main()
+      written += [pathlib.Path(shutil.copyfile(figures / figure, out / figure))
+                  for figure in outputs]
+  return written
