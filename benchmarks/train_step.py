@@ -30,7 +30,6 @@ Run from the repository root.
 """
 
 import argparse
-import ast
 import itertools
 import os
 import pathlib
@@ -47,7 +46,6 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import configs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -59,31 +57,22 @@ def _load() -> str:
   return ', '.join(f'{x:.2f}' for x in os.getloadavg())
 
 
-def _literal(text: str) -> Any:
-  """A ``KEY=VALUE`` value: a Python literal, else the text itself."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def _variants(varies: list[str]) -> list[dict[str, Any]]:
-  """Every combination of the ``--vary KEY=V1,V2`` values, in order."""
+def _variants(varies: list[str]) -> list[list[str]]:
+  """Every combination of the ``--vary KEY=V1,V2`` values, as ``KEY=V``."""
   axes = []
   for vary in varies:
     key, _, values = vary.partition('=')
-    axes.append([(key, _literal(value)) for value in values.split(',')])
-  return [dict(combination) for combination in itertools.product(*axes)]
+    axes.append([f'{key}={value}' for value in values.split(',')])
+  return [list(combination) for combination in itertools.product(*axes)]
 
 
 def _config(args: argparse.Namespace,
-            variant: dict[str, Any]) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(
-      configs.get(args.preset).config.to_dict())
-  overrides = dict(pair.partition('=')[::2] for pair in args.set)
+            variant: list[str]) -> ml_collections.ConfigDict:
+  """The preset's first run with ``--set`` and then the variant's values."""
+  preset = configs.get(args.preset)
+  config = preset.run_config(next(iter(preset.runs)))
   config.update_from_flattened_dict(
-      {key: _literal(value) for key, value in overrides.items()})
-  config.update_from_flattened_dict(variant)
+      configs.parse_overrides(config, args.set + variant))
   return config
 
 
@@ -96,6 +85,7 @@ def _train_data(args: argparse.Namespace, config: ml_collections.ConfigDict,
     return (jax.device_put(rng.random((count, *shape), np.float32)),
             jax.device_put(rng.integers(0, 10, count).astype(np.int32)), 10)
   config.dataset = args.dataset
+  configs.fit_validation(config, data.train_size(config.dataset))
   splits, num_classes, _ = data.load_splits(config)
   images, labels = jax.device_put(splits['train'])
   return images, labels, num_classes
@@ -115,10 +105,11 @@ class _Variant(NamedTuple):
 def _variant(name, config, args, images, labels, num_classes
              ) -> tuple[_Variant, Any]:
   """The variant's epoch function, compiled by a first call, and its state."""
-  model = models.create(config.model, num_classes)
   steps = min(args.steps, len(labels) // config.batch_size)
-  state = steps_lib.stack_seeds([state_lib.create_train_state(
-      config, model, images.shape[1:], steps)])
+  run = state_lib.initial_run(config, [config.seed], num_classes=num_classes,
+                              image_shape=images.shape[1:],
+                              steps_per_epoch=steps)
+  model, state = run.model, steps_lib.stack_seeds(run.states)
   draw = steps_lib.make_draw(config, steps)
   train = steps_lib.make_train(config, model)
 
@@ -185,9 +176,8 @@ def main() -> None:
     config = _config(args, overrides)
     images, labels, num_classes = _train_data(
         args, config, args.steps * config.batch_size)
-    variant, state = _variant(
-        ', '.join(f'{key}={value}' for key, value in overrides.items())
-        or args.preset, config, args, images, labels, num_classes)
+    variant, state = _variant(', '.join(overrides) or args.preset, config,
+                              args, images, labels, num_classes)
     variants.append(variant)
     states.append(state)
   medians = _time_epochs(variants, states, args.repeats)

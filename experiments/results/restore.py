@@ -78,17 +78,15 @@ def _seed_configs(folders: list[pathlib.Path]
 
 def _rebuild(configs: list[ml_collections.ConfigDict]
              ) -> tuple[Optional[Any], list[state_lib.TrainState]]:
-  """The run's layout and each seed's initial train state, as training
-  builds them (the seeds of a run share its model and optimizer; their
-  configs differ in ``seed`` alone)."""
-  model = models.create(configs[0].model, NUM_CLASSES)
-  steps_per_epoch = 1  # Shapes only: the schedule's length is not stored.
-  layout = optimizers.weight_vector_layout(configs[0].optimizer, model,
-                                           IMAGE_SHAPE)
-  tx = optimizers.create(configs[0].optimizer, steps_per_epoch, layout)
-  return layout, [state_lib.create_train_state(config, model, IMAGE_SHAPE,
-                                               steps_per_epoch, tx=tx)
-                  for config in configs]
+  """The run's layout and each seed's initial train state, rebuilt by
+  ``state.initial_run`` as training built them (the seeds' configs differ
+  in ``seed`` alone)."""
+  run = state_lib.initial_run(
+      configs[0], [config.seed for config in configs],
+      num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE,
+      # Shapes only: the schedule's length is not stored.
+      steps_per_epoch=1)
+  return run.layout, run.states
 
 
 def _carried(state: state_lib.TrainState, layout: Optional[Any]

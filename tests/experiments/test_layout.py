@@ -14,20 +14,26 @@ MAX_CODE_LINES = 80
 MAX_CLI_LINES = 250
 
 
+SUBPACKAGES = ('configs', 'results')
+
+
 def _modules() -> dict[str, ast.Module]:
-  """Every module of ``experiments``; ``configs.NAME`` for the presets'."""
+  """Every module of ``experiments``; ``PACKAGE.NAME`` for a subpackage's
+  (``configs.conv``), ``PACKAGE`` for its ``__init__``."""
   modules = {path.stem: ast.parse(path.read_text())
              for path in PACKAGE.glob('*.py')}
-  for path in (PACKAGE / 'configs').glob('*.py'):
-    name = 'configs' if path.stem == '__init__' else f'configs.{path.stem}'
-    modules[name] = ast.parse(path.read_text())
+  for package in SUBPACKAGES:
+    for path in (PACKAGE / package).glob('*.py'):
+      name = package if path.stem == '__init__' else f'{package}.{path.stem}'
+      modules[name] = ast.parse(path.read_text())
   return modules
 
 
 def _experiments_imports(tree: ast.Module) -> set[str]:
   """The modules of ``experiments`` that ``tree`` imports, as ``_modules``
   names them."""
-  configs = {path.stem for path in (PACKAGE / 'configs').glob('*.py')}
+  submodules = {package: {path.stem for path in (PACKAGE / package).glob(
+      '*.py')} for package in SUBPACKAGES}
   imported = set()
   for node in ast.walk(tree):
     if not (isinstance(node, ast.ImportFrom) and node.module and
@@ -36,11 +42,14 @@ def _experiments_imports(tree: ast.Module) -> set[str]:
     parts = node.module.split('.')[1:]
     if not parts:  # from experiments import configs, data
       imported.update(alias.name for alias in node.names)
-    elif parts == ['configs']:  # from experiments.configs import base
-      imported.update(f'configs.{alias.name}' if alias.name in configs
-                      else 'configs' for alias in node.names)
+    elif len(parts) == 1 and parts[0] in SUBPACKAGES:
+      # from experiments.configs import base
+      imported.update(f'{parts[0]}.{alias.name}'
+                      if alias.name in submodules[parts[0]] else parts[0]
+                      for alias in node.names)
     else:  # from experiments.configs.base import X; experiments.data
-      imported.add('.'.join(parts[:2]) if parts[0] == 'configs' else parts[0])
+      imported.add('.'.join(parts[:2]) if parts[0] in SUBPACKAGES
+                    else parts[0])
   return imported
 
 
