@@ -23,6 +23,8 @@ import sys
 import types
 import typing
 
+import docutils.nodes
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -71,7 +73,8 @@ napoleon_use_rtype = False
 
 # Inventories are read from disk only: the build needs no network. The
 # Python documentation ships one (Debian/Ubuntu `python3-doc`); JAX, optax
-# and Flax ship none in their wheels, so the pages link to them plainly.
+# and Flax ship none in their wheels: their names are linked plainly by
+# `_link_without_inventory`.
 intersphinx_mapping = {
     name: (url, inventory) for name, url, inventory in (
         ('python', 'https://docs.python.org/3',
@@ -150,11 +153,52 @@ def _short_attribute_types(app, what, name, obj, options, lines):
                                                      'smart')))
 
 
+# Where a public name of a project without an installed inventory is
+# documented: JAX has one page per name; optax and Flax group their names
+# by topic, so their names link to a search of their site.
+_PLAIN_LINKS = {
+    'jax': 'https://docs.jax.dev/en/latest/_autosummary/{name}.html',
+    'optax': 'https://optax.readthedocs.io/en/latest/search.html?q={name}',
+    'flax': 'https://flax.readthedocs.io/en/latest/search.html?q={name}',
+}
+
+
+def _public_name(target: str) -> str | None:
+  """`target`'s public name in its project (`jax.Array` for
+  `jax.jaxlib._jax.Array`), or None where it has none or is not one of
+  `_PLAIN_LINKS`'s projects."""
+  parts = target.split('.')
+  project, name = parts[0], parts[-1]
+  if project not in _PLAIN_LINKS or len(parts) == 1:
+    return None
+  if all(not part.startswith('_') and part != 'jaxlib' for part in parts):
+    return target
+  module = importlib.import_module(project)
+  return f'{project}.{name}' if hasattr(module, name) else None
+
+
+def _link_without_inventory(app, env, node, contnode):
+  """`missing-reference`: a plain link for a JAX, optax or Flax name."""
+  del app, env  # The link depends on the name only.
+  if node.get('refdomain') != 'py':
+    return None
+  name = _public_name(node['reftarget'])
+  if name is None:
+    return None
+  project = name.split('.')[0]
+  return docutils.nodes.reference(
+      '', '', contnode, internal=False,
+      refuri=_PLAIN_LINKS[project].format(name=name),
+      reftitle=f'{name} ({project} documentation)')
+
+
 def setup(app):
   app.connect('autodoc-process-signature', _short_signature)
   # After napoleon (priority 500), which writes the ``:type:`` lines.
   app.connect('autodoc-process-docstring', _short_attribute_types,
               priority=600)
+  # After intersphinx (priority 500), which resolves what it has.
+  app.connect('missing-reference', _link_without_inventory, priority=900)
 
 
 def _execute_notebooks() -> None:
