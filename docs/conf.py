@@ -75,12 +75,11 @@ napoleon_use_rtype = False
 # Python documentation ships one (Debian/Ubuntu `python3-doc`); JAX, optax
 # and Flax ship none in their wheels: their names are linked plainly by
 # `_link_without_inventory`.
+_PYTHON_INVENTORIES = sorted(
+    glob.glob('/usr/share/doc/python3*/html/objects.inv'))
 intersphinx_mapping = {
-    name: (url, inventory) for name, url, inventory in (
-        ('python', 'https://docs.python.org/3',
-         next(iter(sorted(glob.glob('/usr/share/doc/python3*/html/'
-                                    'objects.inv'))), None)),
-    ) if inventory}
+    'python': ('https://docs.python.org/3', _PYTHON_INVENTORIES[-1]),
+} if _PYTHON_INVENTORIES else {}
 
 html_theme = 'sphinx_book_theme'
 html_title = f'laperm-jax {release}'
