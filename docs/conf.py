@@ -29,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import laperm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sphinx.ext.autosummary  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sphinx.util.typing import stringify_annotation  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 project = 'laperm-jax'
@@ -67,6 +68,9 @@ add_module_names = True
 # The API pages' summary tables link to the entries below them on the same
 # page; no stub pages are generated.
 autosummary_generate = False
+# Their summaries are the docstrings' first sentences; "(Figs. 11-12)" cites
+# the paper and does not end one.
+sphinx.ext.autosummary.WELL_KNOWN_ABBREVIATIONS += ('Fig.', 'Figs.')
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
