@@ -49,7 +49,6 @@ extensions = [
 ]
 
 exclude_patterns = ['_build', 'results', 'images', 'notebooks/_work']
-templates_path = ['_templates']
 # The notebooks are executed below, once, before Sphinx reads them.
 nb_execution_mode = 'off'
 myst_heading_anchors = 3
@@ -103,15 +102,13 @@ def _type_aliases() -> dict[str, str]:
   """The printed form (in 'smart' mode) of each alias whose union is long.
 
   The library's own aliases (`VectorAxes`, `Mask`, ...: module-level unions
-  and callables of its modules) and the tree and array types of optax, chex
-  and JAX (optax's `Params`, `Updates` and `OptState` are one union), each
+  and callables of its modules) and the tree and array types of optax and
+  JAX (optax's `Params`, `Updates` and `OptState` are one union), each
   mapped to its name.
   """
-  import chex  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  aliases = [('ArrayTree', optax.Params), ('ArrayTree', chex.ArrayTree),
-             ('ArrayLike', jax.typing.ArrayLike)]
+  aliases = [('ArrayTree', optax.Params), ('ArrayLike', jax.typing.ArrayLike)]
   for module_info in pkgutil.iter_modules(laperm_jax.__path__):
     module = importlib.import_module(f'laperm_jax.{module_info.name}')
     aliases += [(name, value) for name, value in vars(module).items()
@@ -167,9 +164,12 @@ _PLAIN_LINKS = {
 
 
 def _public_name(target: str) -> str | None:
-  """`target`'s public name in its project (`jax.Array` for
-  `jax.jaxlib._jax.Array`), or None where it has none or is not one of
-  `_PLAIN_LINKS`'s projects."""
+  """The public name of `target`, or None outside `_PLAIN_LINKS`'s projects.
+
+  A name under a private module is taken as exported at the top level of
+  its project under its last component, where the project has that name
+  (`jax.Array` for `jax.jaxlib._jax.Array`).
+  """
   parts = target.split('.')
   project, name = parts[0], parts[-1]
   if project not in _PLAIN_LINKS or len(parts) == 1:
