@@ -5,12 +5,15 @@ tables`` from ``docs/results/``; ``--check`` must pass, and must fail once an ar
 changes. ``f1 --seed 0`` on Fashion-MNIST (seconds) is rerun and must give
 the committed history of seed 0 bit for bit: a change that moves results has
 to regenerate the artifacts in the same commit. The committed bits are
-those of XLA's CPU code with fused multiply-add (x86-64 with AVX2 or
-AVX-512); without FMA, F1's accuracies stay the same but its train loss
-moves in the last bits (docs/RESULTS.md, section 1).
+those of XLA's CPU code on an x86-64 host with AVX-512 (docs/RESULTS.md,
+section 1). On a host without it (an AVX2 one measured: one validation
+image of 5,000 flips at some evaluations, losses move in the sixth digit)
+the rerun must agree within that rounding instead: same steps, same best
+step, accuracies within two examples, losses within 1e-5.
 """
 
 import json
+import math
 import pathlib
 import shutil
 
@@ -84,4 +87,33 @@ def test_f1_seed_0_reproduces_its_committed_history(tmp_path):
   rerun = json.loads((tmp_path / 'laperm' / 'metrics.json').read_text())
   for metrics in (committed, rerun):
     del metrics['seconds']
-  assert rerun == committed
+  if _has_avx512():
+    assert rerun == committed
+  else:
+    _assert_within_rounding(rerun, committed)
+
+
+def _has_avx512() -> bool:
+  cpuinfo = pathlib.Path('/proc/cpuinfo')
+  return cpuinfo.is_file() and 'avx512f' in cpuinfo.read_text().split()
+
+
+def _assert_within_rounding(rerun: dict, committed: dict) -> None:
+  """Equal but for a floating-point path's rounding (see the docstring)."""
+  # Two examples of the smaller of validation (5,000) and test (10,000).
+  accuracy_tolerance = 2 / 5000
+  assert rerun.keys() == committed.keys()
+  assert [record.keys() for record in rerun['history']] == [
+      record.keys() for record in committed['history']]
+  for key in ('config', 'monitor', 'best_epoch', 'best_step'):
+    assert rerun[key] == committed[key], key
+  pairs = [(f'{record["step"]} {key}', record[key], ours[key])
+           for record, ours in zip(committed['history'], rerun['history'])
+           for key in record]
+  pairs += [(key, committed[key], rerun[key]) for key in (
+      'best_val_accuracy', 'test_accuracy_of_best', 'final_test_accuracy')]
+  for where, theirs, ours in pairs:
+    tolerance = accuracy_tolerance if 'accuracy' in where else 1e-5
+    assert math.isclose(ours, theirs, rel_tol=0, abs_tol=tolerance) or (
+        'loss' in where and math.isclose(ours, theirs, rel_tol=tolerance)), (
+            f'{where}: rerun {ours} against committed {theirs}')
