@@ -192,18 +192,23 @@ def leaf_names(tree: Any) -> list[str]:
           jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_masked)[0]]
 
 
+def first_difference(names: list[str], others: list[str], what: str,
+                     other: str) -> str:
+  """One line naming the first leaf where two lists of leaf names differ."""
+  index = next((i for i, (a, b) in enumerate(zip(names, others)) if a != b),
+               min(len(names), len(others)))
+  found = names[index] if index < len(names) else 'no leaf'
+  wanted = others[index] if index < len(others) else 'no leaf'
+  return f'leaf {index} is {found} in {what}, {wanted} in {other}.'
+
+
 def check_same_leaves(where: str, names: list[str], expected: list[str],
                       what: str) -> None:
   """Raises a one-line error naming the first leaf where the trees differ."""
-  if names == expected:
-    return
-  index = next((i for i, (a, b) in enumerate(zip(names, expected)) if a != b),
-               min(len(names), len(expected)))
-  found = names[index] if index < len(names) else 'no leaf'
-  wanted = expected[index] if index < len(expected) else 'no leaf'
-  raise ValueError(
-      f'{where}: params do not match the structure of {what}: leaf {index} '
-      f'is {found} in the params, {wanted} in {what}.')
+  if names != expected:
+    raise ValueError(
+        f'{where}: params do not match the structure of {what}: '
+        + first_difference(names, expected, 'the params', what))
 
 
 class HeldLeaf(NamedTuple):
