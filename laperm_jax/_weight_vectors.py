@@ -54,8 +54,9 @@ class _NoFanIn:
     return 'NO_FAN_IN'
 
 
-# The layout of a leaf that has no fan-in to permute (an embedding, a bias
-# added, a leaf `derive_vector_axes` cannot read): LaPerm leaves it out.
+#: The layout of a leaf that has no fan-in to permute (an embedding, a bias
+#: added, a leaf `derive_vector_axes` cannot read): LaPerm, the initializers
+#: and the analyses leave it out, and a mask that selects it raises.
 NO_FAN_IN = _NoFanIn()
 
 # The fan-in axes of one leaf: a tuple of axes (negative allowed), None for
