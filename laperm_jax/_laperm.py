@@ -19,6 +19,8 @@ from laperm_jax._state import InitialParams
 from laperm_jax._state import LaPermState
 
 SyncPeriod = Union[int, Callable[[jax.Array], jax.typing.ArrayLike]]
+# The settings field of the state made for `optax.tree.map_params`.
+_NOT_PARAMS = object()
 
 
 def laperm(
@@ -325,9 +327,10 @@ def _init_state(params, inner, mask, reset_mask, vector_axes,
     # `optax.tree.map_params` calls init with a placeholder to find which
     # fields of the state mirror the params (optax has no public name for
     # it; `optax.masked` tests for it the same way). The settings field is
-    # the placeholder too, a leaf that matches any settings.
+    # a leaf there, which matches any settings and does not mirror the
+    # params: `transform_non_params` applies to it, as to the counters.
     return LaPermState(count, steps_since_sync, params, params,
-                       inner.init(params), params)
+                       inner.init(params), _NOT_PARAMS)
   permuted = _weight_vectors.selected_with_fan_in('laperm', mask, vector_axes,
                                                   params)
   reset = _masks.selected_leaves(reset_mask, params, 'laperm: reset_mask',

@@ -206,6 +206,12 @@ def test_settings_survive_wrappers_and_jit(wrap):
                               lp.synchronize(params, laperm_state))
   mapped = optax.tree.map_params(tx, lambda leaf: leaf, state)
   assert lp.laperm_states(mapped)[0].settings == laperm_state.settings
+  # As shardings are built: the params' tree maps onto the state's copies.
+  specs = optax.tree.map_params(
+      tx, lambda leaf, spec: spec, state, jax.tree.map(lambda _: 'p', params),
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+      transform_non_params=lambda _: 'other')
+  assert set(jax.tree.leaves(specs)) == {'p', 'other'}
 
 
 def test_orbax_restores_the_settings_from_the_target(tmp_path):
