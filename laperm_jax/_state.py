@@ -97,6 +97,16 @@ def make_settings(treedef: Any, leaf_axes: tuple[Any, ...],
 class LaPermState(NamedTuple):
   """State of the `GradientTransformation` returned by :func:`laperm`.
 
+  Its settings are static data, not arrays: the state jits (the settings
+  are compile-time constants, and a function given another layout raises
+  while tracing), shards and checkpoints as a tree of arrays, and maps with
+  ``optax.tree.map_params`` (the settings are a field that does not mirror
+  the params). The price of static data: a checkpoint holds only the
+  arrays, so a state restored by orbax or Flax's serialization takes its
+  settings from the target tree (build the target with the same
+  :func:`laperm`, e.g. ``jax.eval_shape(tx.init, params)``); and
+  ``jax.tree`` functions over several states need equal settings.
+
   Attributes:
     count: Number of updates made so far; the step a ``sync_period`` schedule
       is evaluated at.
