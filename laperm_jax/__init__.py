@@ -10,6 +10,7 @@ from laperm_jax._analysis import cycle_summary
 from laperm_jax._analysis import permutation_between
 from laperm_jax._analysis import permutation_cycles
 from laperm_jax._analysis import ranking_distance
+from laperm_jax._analysis import ranking_distance_per_entry
 from laperm_jax._analysis import ranking_distances
 from laperm_jax._analysis import weight_profiles
 from laperm_jax._analysis import weight_statistics
@@ -20,10 +21,11 @@ from laperm_jax._initializers import PruneResult
 from laperm_jax._initializers import random_prune
 from laperm_jax._initializers import shared_value
 from laperm_jax._initializers import size_aware_rates
-from laperm_jax._laperm import FromInitialParams
-from laperm_jax._laperm import LaPermState
 from laperm_jax._laperm import laperm
 from laperm_jax._laperm import synchronize
+from laperm_jax._state import FromInitialParams
+from laperm_jax._state import LaPermState
+from laperm_jax._state import laperm_states
 from laperm_jax._weight_vectors import NO_FAN_IN
 from laperm_jax._weight_vectors import as_vectors
 from laperm_jax._weight_vectors import place_sorted
@@ -44,11 +46,13 @@ __all__ = (
     'derive_vector_axes',
     'export_permutations',
     'laperm',
+    'laperm_states',
     'permutation_between',
     'permutation_cycles',
     'place_sorted',
     'random_prune',
     'ranking_distance',
+    'ranking_distance_per_entry',
     'ranking_distances',
     'ranks',
     'restore_permutations',

@@ -4,19 +4,22 @@ All of them work per weight vector, with the convention of
 :mod:`laperm_jax._weight_vectors` (by default all axes but the last of a
 leaf, flattened; ``vector_axes=`` names the fan-in axes where that is not
 the fan-in, e.g. attention kernels), so they apply to leaves of any rank
-exactly as the transformation does, given the layout it was given. Ranks
-are stable: equal values (pruned zeros, shared values) are ranked by
+exactly as the transformation does, given the layout it was given (or the
+optimizer state, which carries it). Leaves whose layout is ``NO_FAN_IN``
+hold no weight vector and are skipped, like scalars. Ranks are stable: equal values (pruned zeros, shared values) are ranked by
 position, so every result here is deterministic.
 """
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from laperm_jax import _state
 from laperm_jax import _weight_vectors
 
 # The percentiles of Figure 13, besides the minimum and maximum.
@@ -60,6 +63,7 @@ def weight_profiles(
     params: optax.Params,
     *,
     vector_axes: _weight_vectors.VectorAxes = None,
+    opt_state: Optional[optax.OptState] = None,
 ) -> optax.Params:
   """Every weight vector of every leaf sorted ascending (Section 2).
 
@@ -67,10 +71,14 @@ def weight_profiles(
     params: A tree of arrays.
     vector_axes: Which axes of each leaf form one weight vector, in any form
       :func:`laperm_jax.laperm` takes; default: all axes but the last.
+    opt_state: An optimizer state holding one :class:`laperm_jax.LaPermState`:
+      the leaves it permutes are analyzed under its layout, the others are
+      skipped (``vector_axes``, if given, must agree with it).
 
   Returns:
-    A tree like ``params``: each leaf of rank >= 1 with its weight vectors
-    sorted (``sort_vectors``), and ``optax.MaskedNode()`` for scalars.
+    A tree like ``params``: each leaf with weight vectors sorted
+    (``sort_vectors``), and ``optax.MaskedNode()`` for scalars and leaves
+    without weight vectors.
 
   Example:
     >>> import jax.numpy as jnp
@@ -80,9 +88,7 @@ def weight_profiles(
            [3., 2.]], dtype=float32)
   """
   leaves, treedef = jax.tree.flatten(params)
-  layouts = _weight_vectors.checked_layouts(
-      'weight_profiles', vector_axes, params,
-      [jnp.ndim(leaf) > 0 for leaf in leaves])
+  layouts = _tree_layouts('weight_profiles', vector_axes, opt_state, params)
   return treedef.unflatten([
       optax.MaskedNode() if axes is None
       else _weight_vectors.sort_vectors(leaf, vector_axes=axes)
@@ -134,43 +140,61 @@ def weight_statistics(
   return stats
 
 
+def ranking_distance_per_entry(
+    before: optax.Params,
+    after: optax.Params,
+    *,
+    vector_axes: _weight_vectors.VectorAxes = None,
+    opt_state: Optional[optax.OptState] = None,
+) -> optax.Params:
+  """Per entry, how far its rank within its weight vector moved (Section 3).
+
+  Args:
+    before: A tree of arrays.
+    after: A tree with the leaves and shapes of ``before`` (boxed or not).
+    vector_axes: Which axes of each leaf form one weight vector, in any form
+      :func:`laperm_jax.laperm` takes (read against ``before``); default:
+      all axes but the last.
+    opt_state: An optimizer state holding one :class:`laperm_jax.LaPermState`,
+      read as :func:`weight_profiles` reads it.
+
+  Returns:
+    A tree like ``before``: for each leaf with weight vectors, an int32
+    array of its shape holding ``|rank_before - rank_after|`` of every
+    entry (stable ranks, from 0 to ``vector_length - 1``);
+    ``optax.MaskedNode()`` for scalars and leaves without weight vectors.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import laperm_jax as lp
+    >>> lp.ranking_distance_per_entry(jnp.array([1., 2., 3.]),
+    ...                               jnp.array([3., 2., 1.]))
+    Array([2, 0, 2], dtype=int32)
+  """
+  return _per_entry('ranking_distance_per_entry', before, after, vector_axes,
+                    opt_state)
+
+
 def ranking_distances(
     before: optax.Params,
     after: optax.Params,
     *,
     vector_axes: _weight_vectors.VectorAxes = None,
 ) -> optax.Params:
-  """Per entry, how far its rank within its weight vector moved (Section 3).
+  """Deprecated name of :func:`ranking_distance_per_entry`.
 
-  Args:
-    before: A tree of arrays.
-    after: A tree with the structure and shapes of ``before``.
-    vector_axes: Which axes of each leaf form one weight vector, in any form
-      :func:`laperm_jax.laperm` takes (read against ``before``); default:
-      all axes but the last.
-
-  Returns:
-    A tree like ``before``: for each leaf of rank >= 1, an int32 array of its
-    shape holding ``|rank_before - rank_after|`` of every entry (stable
-    ranks, from 0 to ``vector_length - 1``); ``optax.MaskedNode()`` for
-    scalars.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import laperm_jax as lp
-    >>> lp.ranking_distances(jnp.array([1., 2., 3.]), jnp.array([3., 2., 1.]))
-    Array([2, 0, 2], dtype=int32)
+  One letter from :func:`ranking_distance`, which summarizes per leaf.
   """
-  def distances(path, leaf_before, leaf_after, axes):
-    _check_same_shape(path, leaf_before, leaf_after)
-    if axes is None:
-      return optax.MaskedNode()
-    return jnp.abs(_weight_vectors.ranks(leaf_before, vector_axes=axes) -
-                   _weight_vectors.ranks(leaf_after, vector_axes=axes))
+  warnings.warn('lp.ranking_distances is deprecated: call '
+                'lp.ranking_distance_per_entry.', DeprecationWarning,
+                stacklevel=2)
+  return _per_entry('ranking_distances', before, after, vector_axes, None)
 
-  return _map_pairs('ranking_distances', distances, before, after,
-                    _non_scalar_layouts('ranking_distances', vector_axes,
-                                        before))
+
+def _per_entry(function, before, after, vector_axes, opt_state):
+  """:func:`ranking_distance_per_entry`, naming ``function`` in errors."""
+  return _map_pairs(function, _distances, before, after,
+                    _tree_layouts(function, vector_axes, opt_state, before))
 
 
 def ranking_distance(
@@ -178,11 +202,12 @@ def ranking_distance(
     after: optax.Params,
     *,
     vector_axes: _weight_vectors.VectorAxes = None,
+    opt_state: Optional[optax.OptState] = None,
 ) -> optax.Params:
   """Mean and standard deviation of the ranking distance, per leaf (A.3).
 
   The ranking distance of an entry is ``|rank_before - rank_after|`` within
-  its weight vector (:func:`ranking_distances`). Per leaf, its mean and
+  its weight vector (:func:`ranking_distance_per_entry`). Per leaf, its mean and
   standard deviation over all entries are divided by the vector length, as
   the paper plots them (``D_t / 784``, ``SD[D_t] / 784``): 0 means no
   reordering, and the values compare across layers of different sizes.
@@ -191,12 +216,15 @@ def ranking_distance(
     before: A tree of arrays, e.g. the params at one epoch.
     after: A tree with the structure and shapes of ``before``.
     vector_axes: Which axes of each leaf form one weight vector, as
-      :func:`ranking_distances` takes it; it also gives the vector length.
+      :func:`ranking_distance_per_entry` takes it; it also gives the vector
+      length.
+    opt_state: An optimizer state holding one :class:`laperm_jax.LaPermState`,
+      read as :func:`weight_profiles` reads it.
 
   Returns:
     A tree like ``before`` holding a :class:`RankingDistance` of float32
-    scalars at each leaf of rank >= 1, and ``optax.MaskedNode()`` for
-    scalars. Map over it with
+    scalars at each leaf with weight vectors, and ``optax.MaskedNode()``
+    for scalars and leaves without weight vectors. Map over it with
     ``is_leaf=lambda x: isinstance(x, lp.RankingDistance)``.
 
   Example:
@@ -214,9 +242,9 @@ def ranking_distance(
     Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
   """
-  layouts = _non_scalar_layouts('ranking_distance', vector_axes, before)
+  layouts = _tree_layouts('ranking_distance', vector_axes, opt_state, before)
   distance_leaves, treedef = jax.tree.flatten(
-      ranking_distances(before, after, vector_axes=vector_axes),
+      _map_pairs('ranking_distance', _distances, before, after, layouts),
       is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
   def summarize(distances, axes):
@@ -272,7 +300,7 @@ def permutation_between(
   """
   before, after = jnp.asarray(before), jnp.asarray(after)
   _check_not_scalar('permutation_between', 'before', before)
-  _check_same_shape((), before, after)
+  _check_same_shape('', before, after)
   axes = _weight_vectors.fan_in_axes(before.shape, vector_axes,
                                      where='permutation_between: before')
   _check_same_values(before, after, axes)
@@ -389,31 +417,59 @@ def _interpolate_sorted(profile: jax.Array, percentile: float) -> jax.Array:
   return profile[below] + fraction * (profile[above] - profile[below])
 
 
-def _non_scalar_layouts(function, vector_axes, params):
-  """Per leaf, its checked fan-in axes; None for scalars, which are skipped."""
+def _tree_layouts(function, vector_axes, opt_state, params):
+  """Per leaf, its checked fan-in axes; None for the leaves skipped.
+
+  Without ``opt_state``: every leaf of rank >= 1 whose layout is not
+  ``NO_FAN_IN``. With it: the leaves its LaPerm state permutes, under the
+  layout the state carries.
+  """
+  if opt_state is not None:
+    state = _state.states_in(function, opt_state, exactly_one=True)[0]
+    held, _ = _state.held_leaves(function, params, state.sorted_init,
+                                 state.reset_values)
+    return _state.layouts(function, state, params, held, vector_axes)
+  fan_in = _weight_vectors.has_fan_in(vector_axes, params,
+                                      f'{function}: vector_axes')
   return _weight_vectors.checked_layouts(
       function, vector_axes, params,
-      [jnp.ndim(leaf) > 0 for leaf in jax.tree.leaves(params)])
+      [jnp.ndim(leaf) > 0 and leaf_fan_in
+       for leaf, leaf_fan_in in zip(jax.tree.leaves(params), fan_in)])
+
+
+def _distances(name, leaf_before, leaf_after, axes):
+  """Per entry of one leaf, ``|rank_before - rank_after|``."""
+  _check_same_shape(name, leaf_before, leaf_after)
+  if axes is None:
+    return optax.MaskedNode()
+  return jnp.abs(_weight_vectors.ranks(leaf_before, vector_axes=axes) -
+                 _weight_vectors.ranks(leaf_after, vector_axes=axes))
 
 
 def _map_pairs(function, fn, before, after, layouts):
-  """``fn(path, leaf_before, leaf_after, axes)`` over two trees alike."""
+  """``fn(name, leaf_before, leaf_after, axes)`` over two trees alike.
+
+  Leaves are matched by name, so boxed and unboxed params match; the
+  result has the structure of ``before``.
+  """
   flat_before, treedef = jax.tree_util.tree_flatten_with_path(before)
-  flat_after, treedef_after = jax.tree_util.tree_flatten_with_path(after)
-  if treedef != treedef_after:
+  flat_after = jax.tree_util.tree_flatten_with_path(after)[0]
+  names = [_state.leaf_name(path) for path, _ in flat_before]
+  after_names = [_state.leaf_name(path) for path, _ in flat_after]
+  if names != after_names:
     raise ValueError(
-        f'{function}: before and after have different structures: {treedef} '
-        f'and {treedef_after}.')
+        f'{function}: before and after have different structures: '
+        + _state.first_difference(names, after_names, 'before', 'after'))
   return treedef.unflatten([
-      fn(path, leaf_before, leaf_after, axes)
-      for (path, leaf_before), (_, leaf_after), axes in zip(
-          flat_before, flat_after, layouts)
+      fn(name, leaf_before, leaf_after, axes)
+      for name, (_, leaf_before), (_, leaf_after), axes in zip(
+          names, flat_before, flat_after, layouts)
   ])
 
 
-def _check_same_shape(path, leaf_before, leaf_after):
+def _check_same_shape(name, leaf_before, leaf_after):
   if jnp.shape(leaf_before) != jnp.shape(leaf_after):
-    where = f'leaf {jax.tree_util.keystr(path)}' if path else 'the leaves'
+    where = f'leaf {name}' if name else 'the leaves'
     raise ValueError(
         f'{where}: before has shape {jnp.shape(leaf_before)} but after has '
         f'shape {jnp.shape(leaf_after)}.')

@@ -14,10 +14,13 @@ arrays, each with a CRC-32, read with ``allow_pickle=False``). Member
 
   {"format": "laperm_jax.permutations", "version": 2,
    "init_key": null or {"impl": "threefry2x32" (a typed key) or null (raw)},
-   "leaves": [{"path": jax.tree_util.keystr path, "shape": [...],
+   "leaves": [{"path": the leaf's jax.tree_util.keystr path, "shape": [...],
                "dtype": "float32", "encoding": ..., ...}, ...]}
 
-Leaves are listed in flattened order; leaf ``i``'s arrays are members named
+A boxed leaf (Flax's ``nn.Partitioned``, an NNX variable) is written under
+the path of its box, without the ``.value`` that holds the array, so the
+same leaf boxed or not has one path. Leaves are listed in flattened order;
+leaf ``i``'s arrays are members named
 ``{i}.<name>``, all in C order and little-endian. Every ``ranks`` and
 ``binary`` leaf records its layout, ``"vector_axes"``: the sorted fan-in
 axes that form one weight vector (:func:`laperm_jax.as_vectors`). Version 1
@@ -60,6 +63,7 @@ import numpy as np
 import optax
 
 from laperm_jax import _laperm
+from laperm_jax import _state
 from laperm_jax import _weight_vectors
 from laperm_jax._weight_vectors import as_vectors
 from laperm_jax._weight_vectors import from_vectors
@@ -82,7 +86,7 @@ def export_permutations(
     pack_ranks: bool = True,
     binary: bool = True,
     vector_axes: _weight_vectors.VectorAxes = None,
-    initial_params: Optional[_laperm.InitialParams] = None,
+    initial_params: Optional[_state.InitialParams] = None,
 ) -> None:
   """Writes ``synchronize(params, opt_state)`` as permutations of the init.
 
@@ -115,22 +119,23 @@ def export_permutations(
       ``uint16`` or ``uint32``.
     binary: Whether to store leaves whose initial values are all 0 or one
       value as one bit per weight.
-    vector_axes: The layout :func:`laperm_jax.laperm` was given, in the same
-      form (the state does not record it). The file records each leaf's
-      layout, so a restore needs none.
-    initial_params: The function :func:`laperm_jax.laperm` was given as
-      ``initial_params``, when the state holds no copy of the initial
-      weights; ``init_fn`` with ``init_key`` stand in for it when given.
+    vector_axes: Optional, and checked only: the state carries its layout
+      (a different one raises, as in :func:`laperm_jax.synchronize`). The
+      file records each leaf's layout, so a restore needs none.
+    initial_params: Optional, and checked only: the state carries the
+      function that regenerates its initial weights when it holds no copy
+      of them (a different one raises). ``init_fn`` with ``init_key`` do
+      not regenerate them for the export; they choose to write the key
+      instead of the sorted values, and are checked against them.
 
   Raises:
     ValueError: ``opt_state`` holds no or several LaPerm states, ``params``
-      do not match it, ``vector_axes`` is not the state's (where the sorted
-      values tell, as :func:`laperm_jax.synchronize` checks), a permuted
-      weight vector holds a non-finite value (it has no rank order),
-      ``init_fn(init_key)`` does not regenerate a leaf's initial values, the
-      state holds no initial weights and neither ``initial_params`` nor
-      ``init_fn`` is given, or a leaf is a global array that this process
-      cannot read whole (gather it first); the message names the leaf.
+      do not match it, ``vector_axes`` or ``initial_params`` contradict the
+      state (as :func:`laperm_jax.synchronize` checks), a permuted weight
+      vector holds a non-finite value (it has no rank order),
+      ``init_fn(init_key)`` does not regenerate a leaf's initial values, or
+      a leaf is a global array that this process cannot read whole (gather
+      it first); the message names the leaf.
 
   Example:
     >>> import os, tempfile
@@ -160,33 +165,32 @@ def export_permutations(
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020
   """
   where = 'export_permutations'
-  state = _laperm_state(opt_state, where)
+  state = _state.states_in(where, opt_state, exactly_one=True)[0]
   if (init_fn is None) != (init_key is None):
     raise ValueError(f'{where}: pass init_fn and init_key together, or '
                      'neither (then the sorted initial values are stored).')
   _check_addressable(where, params, 'params')
   _check_addressable(where, state, 'opt_state')
-  held, _ = _laperm._zip_leaves(params, state.sorted_init, state.reset_values)  # pylint: disable=protected-access
-  layouts = _laperm._state_layouts(where, vector_axes, params, held)  # pylint: disable=protected-access
-  if initial_params is None and init_fn is not None:
-    initial_params = functools.partial(init_fn, init_key)
-  held = _laperm._regenerate(where, held, layouts, params, initial_params)  # pylint: disable=protected-access
-  names = [jax.tree_util.keystr(p)
-           for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  held, _ = _state.held_leaves(where, params, state.sorted_init,
+                               state.reset_values)
+  layouts = _state.layouts(where, state, params, held, vector_axes)
+  function = _state.initial_params(where, state, params, initial_params)
+  if function is None and init_fn is not None:
+    function = functools.partial(init_fn, init_key)
+  held = _state.regenerate(where, held, layouts, params, function)
   regenerated = None if init_fn is None else _init_leaves(init_fn, init_key)
   arrays, entries = {}, []
-  for index, (name, (param, sorted_init, reset), axes) in enumerate(
-      zip(names, held, layouts)):
-    if _laperm._is_masked(sorted_init):  # pylint: disable=protected-access
-      value = np.asarray(_laperm._sync_leaf(param, sorted_init, reset, axes))  # pylint: disable=protected-access
+  for index, (leaf, axes) in enumerate(zip(held, layouts)):
+    if _state.is_masked(leaf.sorted_values):
+      value = np.asarray(_laperm.sync_leaf(leaf, axes))
       entry = {'encoding': 'raw', 'sha256': _sha256(value)}
       arrays[f'{index}.raw'] = np.ascontiguousarray(value).reshape(-1).view(
           np.uint8)
     else:
-      value = np.asarray(sorted_init)
-      entry = _encode_permuted(index, name, param, value, axes, regenerated,
-                               pack_ranks, binary, arrays)
-    entries.append({'path': name, 'shape': list(value.shape),
+      value = np.asarray(leaf.sorted_values)
+      entry = _encode_permuted(index, leaf.name, leaf.param, value, axes,
+                               regenerated, pack_ranks, binary, arrays)
+    entries.append({'path': leaf.name, 'shape': list(value.shape),
                     'dtype': value.dtype.name, **entry})
   manifest = {'format': FORMAT, 'version': VERSION, 'init_key': None,
               'leaves': entries}
@@ -258,7 +262,7 @@ def restore_permutations(
   with archive:
     manifest = _read_manifest(archive, where)
     flat, treedef = jax.tree_util.tree_flatten_with_path(target)
-    _check_paths([jax.tree_util.keystr(p) for p, _ in flat],
+    _check_paths([_state.leaf_name(p) for p, _ in flat],
                  [entry.get('path') for entry in manifest['leaves']], where)
     regenerated = None
     if any(entry.get('sorted') == 'init' for entry in manifest['leaves']):
@@ -275,7 +279,7 @@ def restore_permutations(
         _check_sha256(value, entry['sha256'], 'the restored values')
       except (ValueError, KeyError, TypeError, OSError, EOFError,
               zipfile.BadZipFile) as error:
-        raise ValueError(f'{where}: leaf {jax.tree_util.keystr(key_path)}: '
+        raise ValueError(f'{where}: leaf {_state.leaf_name(key_path)}: '
                          f'{_describe(error)}') from error
       leaves.append(jax.device_put(value, getattr(like, 'sharding', None)))
   return treedef.unflatten(leaves)
@@ -283,20 +287,6 @@ def restore_permutations(
 
 # ---------------------------------------------------------------------------
 # Export.
-
-
-def _laperm_state(opt_state, where) -> _laperm.LaPermState:
-  """The one LaPermState inside ``opt_state``, found as `synchronize` does."""
-  states = [
-      leaf for leaf in jax.tree.leaves(
-          opt_state, is_leaf=lambda x: isinstance(x, _laperm.LaPermState))
-      if isinstance(leaf, _laperm.LaPermState)
-  ]
-  if len(states) != 1:
-    raise ValueError(
-        f'{where}: opt_state must hold exactly one LaPermState (the state of '
-        f'an optimizer built with laperm_jax.laperm), found {len(states)}.')
-  return states[0]
 
 
 def _check_addressable(where, tree, what) -> None:
@@ -313,9 +303,9 @@ def _check_addressable(where, tree, what) -> None:
 
 
 def _init_leaves(init_fn, key) -> dict[str, Any]:
-  """``init_fn(key)``'s leaves by key path."""
+  """``init_fn(key)``'s leaves by name (:func:`_state.leaf_name`)."""
   flat = jax.tree_util.tree_flatten_with_path(init_fn(key))[0]
-  return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+  return {_state.leaf_name(path): leaf for path, leaf in flat}
 
 
 def _encode_permuted(index, name, param, sorted_init, axes, regenerated,

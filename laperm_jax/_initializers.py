@@ -19,6 +19,7 @@ from collections.abc import Callable
 import functools
 import math
 from typing import Any, NamedTuple, Optional, Union
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +67,7 @@ def random_prune(
     mask: Optional[_masks.Mask] = None,
     rates: Optional[PerLeaf] = None,
     size_aware: bool = False,
-    first_layer: Optional[str] = None,
+    first_layer: Optional[_masks.Mask] = None,
     first_layer_max: Optional[float] = 0.2,
     per_vector: bool = False,
     vector_axes: _weight_vectors.VectorAxes = None,
@@ -93,18 +94,23 @@ def random_prune(
       Unused (may be None) when ``rates`` is given.
     mask: Which leaves to prune: a tree of bools with the structure of
       ``params`` (or a prefix of it), or a callable returning one, as
-      ``optax.masked`` takes. Default: leaves with ``ndim >= 2`` (kernels).
+      ``optax.masked`` takes. Default: leaves with ``ndim >= 2`` (kernels)
+      whose layout in ``vector_axes`` is not ``NO_FAN_IN``; a mask that
+      selects a ``NO_FAN_IN`` leaf raises.
     rates: Per-leaf rates replacing ``rate``: a tree of floats with the
       structure of ``params`` (or a prefix of it), or a callable returning
       one. Entries of unselected leaves are ignored.
     size_aware: Distribute ``rate`` over the selected leaves so that larger
       leaves are pruned more (Appendix A.5.0), with the rates of
       :func:`size_aware_rates`.
-    first_layer: The key path of the input layer's kernel, as
-      ``jax.tree_util.keystr`` writes it (e.g. ``"['Dense_0']['kernel']"``).
-      Default: the first selected leaf in the flattened ``params`` (Flax
-      sorts module names, so pass it when that is not the input layer, e.g.
-      for ``Dense_10`` before ``Dense_2``).
+    first_layer: The input layer's leaves, selected as ``mask`` selects
+      (a tree of bools, a prefix such as ``{'Dense_0': True, 'Dense_1':
+      False, ...}``, or a callable returning one); the cap applies to each
+      of them that ``mask`` selects (at least one must be). Default: the
+      first selected leaf in the flattened ``params`` (Flax sorts module
+      names, so pass it when that is not the input layer, e.g. for
+      ``Dense_10`` before ``Dense_2``). A key path string (``"['Dense_0']
+      ['kernel']"``) still works but is deprecated.
     first_layer_max: The most the first layer is pruned, in [0, 1]; None
       applies no cap (Section 5.5's F2 pruned its first layer by 93%).
     per_vector: Whether to choose the zeros per weight vector (every vector
@@ -133,7 +139,8 @@ def random_prune(
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   names = [jax.tree_util.keystr(path) for path, _ in flat]
-  selected = _masks.selected_leaves(mask, params, 'mask')
+  selected = _weight_vectors.selected_with_fan_in('random_prune', mask,
+                                                  vector_axes, params)
   _check_selected_leaves('random_prune', flat, selected)
   layouts = _weight_vectors.checked_layouts('random_prune', vector_axes,
                                             params, selected)
@@ -157,8 +164,7 @@ def random_prune(
   if first_layer_max is not None:
     _check_fraction('random_prune', 'first_layer_max', first_layer_max,
                     allow_zero=True)
-    first = _first_layer_index(names, selected, first_layer)
-    if first is not None:
+    for first in _first_layer_indices(params, names, selected, first_layer):
       leaf_rates[first] = _minimum(leaf_rates[first], first_layer_max)
 
   keys = jax.random.split(key, len(flat))
@@ -269,7 +275,8 @@ def shared_value(
       for all selected leaves, a tree of numbers with the structure of
       ``params`` (or a prefix of it), or a callable returning one.
     mask: Which leaves to set, as in :func:`random_prune`. Default: leaves
-      with ``ndim >= 2`` (kernels); the others are returned unchanged.
+      with ``ndim >= 2`` (kernels) whose layout is not ``NO_FAN_IN``; the
+      others are returned unchanged.
     per_vector: Whether to choose the kept entries per weight vector (every
       vector holds the same number of them) rather than per leaf.
     vector_axes: Which axes of each selected leaf form one weight vector, as
@@ -298,7 +305,8 @@ def shared_value(
         f'shared_value: value must be a finite, nonzero scalar, got {value}.')
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   names = [jax.tree_util.keystr(path) for path, _ in flat]
-  selected = _masks.selected_leaves(mask, params, 'mask')
+  selected = _weight_vectors.selected_with_fan_in('shared_value', mask,
+                                                  vector_axes, params)
   _check_selected_leaves('shared_value', flat, selected)
   layouts = _weight_vectors.checked_layouts('shared_value', vector_axes,
                                             params, selected)
@@ -450,16 +458,26 @@ def _check_fraction(function, name, fraction, *, allow_zero):
         f'{function}: {name} must be in {interval}, got {fraction}.')
 
 
-def _first_layer_index(names, selected, first_layer):
-  """Index of the first layer's leaf among ``names``, or None if none selected."""
+def _first_layer_indices(params, names, selected, first_layer) -> list[int]:
+  """Indices of the first layer's leaves that ``mask`` selects."""
   if first_layer is None:
-    return next((i for i, s in enumerate(selected) if s), None)
-  if first_layer not in names:
+    return [i for i, s in enumerate(selected) if s][:1]
+  if isinstance(first_layer, str):
+    warnings.warn(
+        'random_prune: first_layer as a key path string is deprecated; pass '
+        'a mask, e.g. {"Dense_0": True, ...} or a callable.',
+        DeprecationWarning, stacklevel=3)
+    if first_layer not in names:
+      raise ValueError(
+          f'random_prune: first_layer {first_layer!r} is not a leaf of '
+          f'params; leaves: {names}.')
+    chosen = [names.index(first_layer)]
+  else:
+    chosen = [i for i, s in enumerate(_masks.selected_leaves(
+        first_layer, params, 'random_prune: first_layer')) if s]
+  indices = [i for i in chosen if selected[i]]
+  if not indices:
     raise ValueError(
-        f'random_prune: first_layer {first_layer!r} is not a leaf of params; '
-        f'leaves: {names}.')
-  index = names.index(first_layer)
-  if not selected[index]:
-    raise ValueError(
-        f'random_prune: first_layer {first_layer!r} is not selected by mask.')
-  return index
+        f'random_prune: first_layer {first_layer!r} is not selected by mask '
+        '(it selects no leaf that mask selects).')
+  return indices

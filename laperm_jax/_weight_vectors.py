@@ -54,8 +54,9 @@ class _NoFanIn:
     return 'NO_FAN_IN'
 
 
-# The layout of a leaf that has no fan-in to permute (an embedding, a bias
-# added, a leaf `derive_vector_axes` cannot read): LaPerm leaves it out.
+#: The layout of a leaf that has no fan-in to permute (an embedding, a bias
+#: added, a leaf `derive_vector_axes` cannot read): LaPerm, the initializers
+#: and the analyses leave it out, and a mask that selects it raises.
 NO_FAN_IN = _NoFanIn()
 
 # The fan-in axes of one leaf: a tuple of axes (negative allowed), None for
@@ -74,7 +75,8 @@ def fan_in_axes(shape: tuple[int, ...], vector_axes: LeafAxes = None, *,
     shape: The leaf's shape, of rank >= 1.
     vector_axes: A tuple of distinct axes (ints, negative counting from the
       end), or None for all axes but the last (the only axis of a 1-D leaf).
-      Naming every axis makes the whole leaf one vector.
+      Naming every axis makes the whole leaf one vector. ``NO_FAN_IN`` is
+      an error: such a leaf has no weight vector.
     where: Names the function and the leaf in error messages.
 
   Returns:
@@ -87,6 +89,9 @@ def fan_in_axes(shape: tuple[int, ...], vector_axes: LeafAxes = None, *,
   ndim = len(shape)
   if ndim == 0:
     raise ValueError(f'{where} is a 0-d array, which holds no weight vector.')
+  if vector_axes is NO_FAN_IN:
+    raise ValueError(f'{where} has the layout NO_FAN_IN: it has no fan-in, '
+                     'so it holds no weight vector.')
   if vector_axes is None:
     return (0,) if ndim == 1 else tuple(range(ndim - 1))
   if not isinstance(vector_axes, tuple) or not all(
@@ -112,14 +117,14 @@ def fan_in_axes(shape: tuple[int, ...], vector_axes: LeafAxes = None, *,
   return tuple(sorted(axes))
 
 
-def _is_leaf_axes(x: Any) -> bool:
+def is_leaf_axes(x: Any) -> bool:
   """Whether ``x`` is one leaf's layout in a tree of layouts.
 
   Tuples are pytree nodes to JAX; a tuple or list of anything but trees
   (ints, or mistakes such as floats) is one layout, so mistakes get a clear
   error rather than a structure mismatch.
   """
-  if x is None:
+  if x is None or x is NO_FAN_IN:
     return True
   return isinstance(x, (tuple, list)) and not any(
       isinstance(item, (tuple, list, dict)) or item is None for item in x)
@@ -135,15 +140,15 @@ def per_leaf_axes(vector_axes: VectorAxes, params: Any,
   Args:
     vector_axes: None (the default layout everywhere); a tree with the
       structure of ``params`` or a prefix of it whose leaves are tuples of
-      ints or None (a tuple at the root applies to every leaf); or a
-      callable ``(key_path, leaf) -> tuple or None``, called once per leaf
-      with its ``jax.tree_util`` key path.
+      ints, None or ``NO_FAN_IN`` (a tuple at the root applies to every
+      leaf); or a callable ``(key_path, leaf) -> tuple, None or
+      NO_FAN_IN``, called once per leaf with its ``jax.tree_util`` key path.
     params: The params tree.
     name: The argument's name, for error messages.
 
   Returns:
-    A list with one tuple of axes or None per leaf of ``params``, in
-    flattened order.
+    A list with one tuple of axes, None or ``NO_FAN_IN`` per leaf of
+    ``params``, in flattened order.
   """
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   if vector_axes is None:
@@ -151,13 +156,58 @@ def per_leaf_axes(vector_axes: VectorAxes, params: Any,
   if callable(vector_axes):
     values = [vector_axes(path, leaf) for path, leaf in flat]
   else:
-    values = _masks.per_leaf(vector_axes, params, name, is_leaf=_is_leaf_axes)
+    values = _masks.per_leaf(vector_axes, params, name, is_leaf=is_leaf_axes)
   for (path, _), value in zip(flat, values):
-    if value is not None and not isinstance(value, tuple):
+    if value is not None and value is not NO_FAN_IN and not isinstance(
+        value, tuple):
       raise ValueError(
           f'{name} gives leaf {jax.tree_util.keystr(path)} {value!r}; a '
-          'layout is a tuple of ints or None.')
+          'layout is a tuple of ints, None or NO_FAN_IN.')
   return values
+
+
+def has_fan_in(vector_axes: VectorAxes, params: Any,
+               name: str = 'vector_axes') -> list[bool]:
+  """Per leaf of ``params``: whether its layout is not ``NO_FAN_IN``."""
+  return [spec is not NO_FAN_IN
+          for spec in per_leaf_axes(vector_axes, params, name)]
+
+
+def selected_with_fan_in(where: str, mask: Optional[_masks.Mask],
+                         vector_axes: VectorAxes, params: Any, *,
+                         mask_name: str = 'mask') -> list[bool]:
+  """The leaves a function groups into weight vectors: ``mask`` and a fan-in.
+
+  The default mask (leaves with ``ndim >= 2``) leaves out every leaf whose
+  layout is ``NO_FAN_IN``; a ``mask`` given that selects such a leaf is a
+  mistake, and raises.
+
+  Args:
+    where: The function's name, for error messages.
+    mask: A mask as ``optax.masked`` takes it, or None for the default.
+    vector_axes: A layout in any form :func:`per_leaf_axes` takes.
+    params: The params tree.
+    mask_name: The mask's argument name, for error messages.
+
+  Returns:
+    One bool per leaf of ``params``, in flattened order.
+
+  Raises:
+    ValueError: ``mask`` selects a leaf whose layout is ``NO_FAN_IN``.
+  """
+  fan_in = has_fan_in(vector_axes, params, f'{where}: vector_axes')
+  selected = _masks.selected_leaves(mask, params, f'{where}: {mask_name}')
+  if mask is None:
+    return [is_selected and leaf_fan_in
+            for is_selected, leaf_fan_in in zip(selected, fan_in)]
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, _), is_selected, leaf_fan_in in zip(flat, selected, fan_in):
+    if is_selected and not leaf_fan_in:
+      raise ValueError(
+          f'{where}: {mask_name} selects leaf {jax.tree_util.keystr(path)}, '
+          'whose layout in vector_axes is NO_FAN_IN (it has no fan-in to '
+          f'permute): leave it out of {mask_name}.')
+  return selected
 
 
 def checked_layouts(where: str, vector_axes: VectorAxes, params: Any,
@@ -553,4 +603,22 @@ def _vectors_are_sorted(leaves, layouts):
   for leaf, axes in zip(leaves, layouts):
     rows = _rows(leaf, axes)
     flags.append(jnp.all(rows[:, 1:] >= rows[:, :-1]))
+  return flags
+
+
+def vectors_are_constant(leaves: list[jax.Array],
+                         layouts: tuple[tuple[int, ...], ...]) -> list[bool]:
+  """Per leaf, whether each of its weight vectors holds one value only."""
+  if not leaves:
+    return []
+  return [bool(flag) for flag in jax.device_get(
+      _vectors_are_constant(leaves, layouts))]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _vectors_are_constant(leaves, layouts):
+  flags = []
+  for leaf, axes in zip(leaves, layouts):
+    rows = _rows(leaf, axes)
+    flags.append(jnp.all(rows == rows[:, :1]))
   return flags

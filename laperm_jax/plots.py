@@ -20,7 +20,6 @@ import numpy as np
 import optax
 
 from laperm_jax import _analysis
-from laperm_jax import _masks
 from laperm_jax import _weight_vectors
 
 PathLike = Union[str, os.PathLike]
@@ -51,7 +50,7 @@ def plot_weight_profiles(
     path: Where to write the image; the format follows the extension.
     mask: Which leaves get a panel: a tree of bools with the structure of
       ``params`` (or a prefix of it), or a callable returning one. Default:
-      leaves with ``ndim >= 2`` (kernels).
+      leaves with ``ndim >= 2`` (kernels) whose layout is not ``NO_FAN_IN``.
     vector_axes: Which axes of each leaf form one weight vector, in any form
       :func:`laperm_jax.laperm` takes; default: all axes but the last.
     max_vectors: The most weight vectors drawn per panel; larger leaves show
@@ -79,7 +78,8 @@ def plot_weight_profiles(
   if max_vectors < 1:
     raise ValueError(f'max_vectors must be >= 1, got {max_vectors}.')
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  selected = _masks.selected_leaves(mask, params, 'mask')
+  selected = _weight_vectors.selected_with_fan_in('plot_weight_profiles',
+                                                  mask, vector_axes, params)
   if not any(selected):
     raise ValueError('plot_weight_profiles: no leaf is selected by mask.')
   for (path_, leaf), is_selected in zip(flat, selected):

@@ -298,3 +298,27 @@ def test_analyses_reject_bad_layouts():
   with pytest.raises(ValueError, match='permutation_between: before: '
                      'vector_axes must be a tuple'):
     lp.permutation_between(before, after, vector_axes=[0])
+
+
+def test_ranking_distances_is_the_deprecated_name_of_per_entry():
+  before = {'w': jnp.array([[1., 5.], [2., 6.], [3., 7.]])}
+  after = {'w': before['w'][::-1]}
+  with pytest.warns(DeprecationWarning, match='ranking_distance_per_entry'):
+    old = lp.ranking_distances(before, after)
+  chex.assert_trees_all_equal(old,
+                              lp.ranking_distance_per_entry(before, after))
+
+
+def test_analyses_read_the_layout_from_the_state():
+  before = {'q': jax.random.normal(jax.random.key(0), (6, 2, 3)),
+            'b': jnp.arange(3.0)}
+  after = {'q': before['q'][::-1], 'b': before['b'][::-1]}
+  state = lp.laperm(optax.sgd(0.1), 2, vector_axes={'q': (0,), 'b': None}
+                    ).init(before)
+  chex.assert_trees_all_equal(
+      lp.ranking_distance_per_entry(before, after, opt_state=state),
+      lp.ranking_distance_per_entry(before, after,
+                                    vector_axes={'q': (0,), 'b': lp.NO_FAN_IN}))
+  with pytest.raises(ValueError, match=r"weight_profiles: vector_axes gives "
+                     r"leaf \['q'\] the fan-in axes \(0, 1\)"):
+    lp.weight_profiles(before, opt_state=state, vector_axes=(0, 1))

@@ -21,14 +21,15 @@ DOCS = pathlib.Path(__file__).resolve().parent.parent / 'docs'
 
 
 def _documented():
-  """``{module: {name}}`` of every ``autofunction``/``autoclass`` directive."""
+  """``{module: {name}}`` of every ``autofunction``/``autoclass``/``autodata``."""
   documented = {}
   for page in DOCS.glob('*.rst'):
     module = None
     for line in page.read_text().splitlines():
       if match := re.match(r'\.\. currentmodule:: (\S+)', line):
         module = match.group(1)
-      elif match := re.match(r'\.\. auto(?:function|class):: (\S+)', line):
+      elif match := re.match(r'\.\. auto(?:function|class|data):: (\S+)',
+                               line):
         documented.setdefault(module, set()).add(match.group(1))
   return documented
 

@@ -563,11 +563,17 @@ def test_layout_binary_round_trip(tmp_path):
                         lp.synchronize(params, opt_state, vector_axes=(0,)))
 
 
-def test_export_without_the_layout_is_detected(tmp_path):
+def test_export_reads_the_layout_from_the_state(tmp_path):
   params, opt_state = _layout_run()
+  lp.export_permutations(params, opt_state, tmp_path / 'x.npz')
+  lp.export_permutations(params, opt_state, tmp_path / 'y.npz',
+                         vector_axes=LAYOUT)
+  assert (tmp_path / 'x.npz').read_bytes() == (tmp_path / 'y.npz').read_bytes()
+  default = lambda path, leaf: None  # The default layout, given explicitly.
   with pytest.raises(ValueError, match=r"export_permutations: .* leaf "
                      r"\['planes'\] .* pass the vector_axes"):
-    lp.export_permutations(params, opt_state, tmp_path / 'x.npz')
+    lp.export_permutations(params, opt_state, tmp_path / 'z.npz',
+                           vector_axes=default)
 
 
 def test_version_1_files_mean_the_default_layout(tmp_path):

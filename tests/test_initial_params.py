@@ -94,7 +94,7 @@ def _train(tx, params, steps, mode):
 
 def _without_held_values(state):
   """The state with the fields that differ between the two paths dropped."""
-  return state._replace(sorted_init=None, reset_values=None)
+  return state._replace(sorted_init=None, reset_values=None, settings=None)
 
 
 def _assert_runs_equal(stored, copy_free):
@@ -274,14 +274,24 @@ def test_export_equals_the_stored_path_byte_for_byte(tmp_path):
 # Errors.
 
 
-def test_copy_free_state_without_initial_params_says_to_pass_it(tmp_path):
+def test_copy_free_state_carries_its_function(tmp_path):
   params = _initial()
   state = lp.laperm(optax.sgd(0.1), 2, initial_params=_initial).init(params)
-  with pytest.raises(ValueError, match='synchronize: .* pass the same function'
-                     ' as initial_params'):
-    lp.synchronize(params, state)
-  with pytest.raises(ValueError, match='export_permutations: .* initial_param'):
-    lp.export_permutations(params, state, tmp_path / 'net.npz')
+  assert state.settings.initial_params is _initial
+  chex.assert_trees_all_equal(
+      lp.synchronize(params, state),
+      lp.synchronize(params, state, initial_params=_initial),
+      jax.jit(lp.synchronize)(params, state))
+  lp.export_permutations(params, state, tmp_path / 'net.npz')
+  other = lambda: _initial()  # The same values, another function.
+  for synchronize in (lp.synchronize, jax.jit(
+      lp.synchronize, static_argnames='initial_params')):
+    with pytest.raises(ValueError, match='synchronize: initial_params is not '
+                       'the function the LaPerm state was built with'):
+      synchronize(params, state, initial_params=other)
+  with pytest.raises(ValueError, match='export_permutations: initial_params'):
+    lp.export_permutations(params, state, tmp_path / 'net.npz',
+                           initial_params=other)
 
 
 def test_initial_params_not_callable_without_arguments_at_construction():

@@ -380,3 +380,23 @@ def test_laperm_keeps_per_vector_zeros_under_a_layout():
       lp.sort_vectors(synced['query'], vector_axes=(0,)),
       lp.sort_vectors(initial['query'], vector_axes=(0,)))
   assert bool(jnp.any(synced['query'] != initial['query']))
+
+
+@pytest.mark.parametrize('first_layer', [
+    {'Conv_0': False, 'Dense_0': True, 'scale': False},
+    lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: path[0].key == 'Dense_0', params),
+])
+def test_first_layer_is_selected_as_mask_selects(first_layer):
+  params = _params()
+  key = jax.random.key(3)
+  with pytest.warns(DeprecationWarning, match='first_layer as a key path'):
+    by_string = lp.random_prune(key, params, 0.7,
+                                first_layer="['Dense_0']['kernel']")
+  by_mask = lp.random_prune(key, params, 0.7, first_layer=first_layer)
+  chex.assert_trees_all_equal(by_mask, by_string)
+  assert by_mask.rates['Dense_0']['kernel'] == 0.2
+  with pytest.raises(ValueError, match='first_layer .* is not selected'):
+    lp.random_prune(key, params, 0.7, first_layer={
+        'Conv_0': False, 'Dense_0': {'kernel': False, 'bias': True},
+        'scale': False})

@@ -637,15 +637,20 @@ def test_default_layout_equals_explicit_trailing_axes_bitwise():
   chex.assert_trees_all_equal(*results)
 
 
-def test_synchronize_without_the_layout_is_detected():
+def test_synchronize_reads_the_layout_from_the_state():
   params = _layout_params()
   tx = lp.laperm(optax.sgd(0.1), 2, vector_axes=_LAYOUT)
   state = tx.init(params)
-  with pytest.raises(ValueError, match=r"synchronize: .* leaf \['query'\] .* "
-                     'pass the vector_axes laperm was built with'):
-    lp.synchronize(params, state)
-  # Inside jit the values cannot be checked: the layout is the caller's.
-  jax.jit(lp.synchronize)(params, state)
+  chex.assert_trees_all_equal(
+      lp.synchronize(params, state),
+      lp.synchronize(params, state, vector_axes=_LAYOUT),
+      jax.jit(lp.synchronize)(params, state))
+  default = lambda path, leaf: None  # The default layout, given explicitly.
+  for synchronize in (lp.synchronize, jax.jit(lp.synchronize,
+                                              static_argnames='vector_axes')):
+    with pytest.raises(ValueError, match=r"synchronize: .* leaf \['query'\] .*"
+                       'pass the vector_axes laperm was built with'):
+      synchronize(params, state, vector_axes=default)
 
 
 def test_layout_callable_and_prefix_give_the_same_syncs():
