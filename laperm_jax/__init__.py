@@ -13,6 +13,7 @@ from laperm_jax._analysis import ranking_distance
 from laperm_jax._analysis import ranking_distances
 from laperm_jax._analysis import weight_profiles
 from laperm_jax._analysis import weight_statistics
+from laperm_jax._derive import derive_nnx_vector_axes
 from laperm_jax._derive import derive_vector_axes
 from laperm_jax._export import export_permutations
 from laperm_jax._export import restore_permutations
@@ -41,6 +42,7 @@ __all__ = (
     'RankingDistance',
     'as_vectors',
     'cycle_summary',
+    'derive_nnx_vector_axes',
     'derive_vector_axes',
     'export_permutations',
     'laperm',
