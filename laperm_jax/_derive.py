@@ -598,6 +598,27 @@ def derive_nnx_vector_axes(model: Any, *args: Any, unknown: str = 'error',
 
   Raises:
     ValueError: As :func:`derive_vector_axes`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from flax import nnx
+    >>> import laperm_jax as lp
+    >>> class Model(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.linear = nnx.Linear(4, 8, rngs=rngs)
+    ...     self.norm = nnx.BatchNorm(8, rngs=rngs)
+    ...     self.dropout = nnx.Dropout(0.1, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.dropout(self.norm(self.linear(x)))
+    >>> model = Model(nnx.Rngs(0))
+    >>> x = jnp.ones((2, 4))
+    >>> layout = lp.derive_nnx_vector_axes(model, x, unknown='warn')
+    >>> optimizer = nnx.Optimizer(
+    ...     model, lp.laperm(optax.adam(1e-3), 20, vector_axes=layout),
+    ...     wrt=nnx.Param)
+    >>> layout['linear']['kernel'], layout['norm']['scale']
+    ((0,), laperm_jax.NO_FAN_IN)
   """
   from flax import nnx  # pylint: disable=import-outside-toplevel
   _check_unknown(unknown)

@@ -8,6 +8,10 @@ the leaves of rank >= 2 left to Adam are exactly those the derivation
 reported.
 """
 
+import pathlib
+import re
+import textwrap
+
 import flax.linen as nn
 from flax import nnx
 import jax
@@ -245,3 +249,38 @@ def test_nnx_model_trains_under_nnx_optimizer():
   assert not np.array_equal(
       nnx.as_pure(nnx.state(model, nnx.BatchStat))['norm']['mean'],
       statistics['norm']['mean'])
+
+
+LAYOUTS_PAGE = pathlib.Path(__file__).resolve().parent.parent / 'docs' / (
+    'layouts.rst')
+
+
+def test_layouts_page_examples_run_as_written():
+  text = LAYOUTS_PAGE.read_text()
+  blocks = re.findall(r'\.\. code-block:: python\n\n(.*?)\n(?=\S)', text,
+                      re.DOTALL)
+  assert len(blocks) == 2  # Linen, then NNX, in one namespace.
+  namespace = {}
+  with pytest.warns(UserWarning) as record:
+    for block in blocks:
+      exec(compile(textwrap.dedent(block), str(LAYOUTS_PAGE), 'exec'),  # pylint: disable=exec-used
+           namespace)
+  assert len(record) == 2
+  assert _reported(record[:1]) == {
+      "['query']['bias']", "['key']['bias']", "['value']['bias']"}
+  assert _reported(record[1:]) == {
+      "['blocks']['linear']['bias']", "['blocks']['norm']['bias']",
+      "['blocks']['norm']['scale']"}
+  layout = namespace['layout']
+  assert layout['blocks']['linear']['kernel'] == (1,)
+  assert layout['head']['kernel'] == (0,)
+  model, optimizer = namespace['model'], namespace['optimizer']
+  before = np.asarray(model.blocks.linear.kernel[...])
+
+  @nnx.jit
+  def step(model, optimizer, x):
+    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    optimizer.update(model, grads)
+
+  step(model, optimizer, namespace['x'])
+  assert not np.array_equal(model.blocks.linear.kernel[...], before)
