@@ -284,3 +284,35 @@ def test_layouts_page_examples_run_as_written():
 
   step(model, optimizer, namespace['x'])
   assert not np.array_equal(model.blocks.linear.kernel[...], before)
+
+
+class _ScannedDense(nn.Module):
+  """Three Dense layers stacked by ``nn.scan``: kernels (3, 8, 8)."""
+
+  @nn.compact
+  def __call__(self, x):
+    layers = nn.scan(lambda module, carry, _: (nn.tanh(module(carry)), None),
+                     variable_axes={'params': 0},
+                     split_rngs={'params': True}, length=3)
+    return layers(nn.Dense(8), x, None)[0]
+
+
+def test_default_layout_mixes_scanned_layers():
+  # What docs/layouts.rst says: under the default layout a stacked kernel's
+  # vectors span every layer, so a sync moves weights between layers; the
+  # derived layout, (1,), keeps each layer's fan-ins.
+  module = _ScannedDense()
+  x = jax.random.normal(jax.random.key(1), (4, 8))
+  params = module.init(jax.random.key(0), x)['params']
+  with pytest.warns(UserWarning, match=r"\['Dense_0'\]\['bias'\]"):
+    layout = lp.derive_vector_axes(
+        lambda p, x: module.apply({'params': p}, x), params, x,
+        unknown='warn')
+  assert layout['Dense_0']['kernel'] == (1,)
+  by_default = _train_linen(module, params, x, {
+      'Dense_0': {'kernel': None, 'bias': lp.NO_FAN_IN}})
+  derived = _train_linen(module, params, x, layout)
+  per_layer = lambda tree: lp.sort_vectors(tree['Dense_0']['kernel'],
+                                           vector_axes=(1,))
+  np.testing.assert_array_equal(per_layer(derived), per_layer(params))
+  assert not np.array_equal(per_layer(by_default), per_layer(params))
