@@ -177,6 +177,17 @@ def _pad(view: _View, padding_config) -> _View:
   return _with_other_entries(_sliced(view, cut), grown)
 
 
+def _stacked(view: _View, axis: int, num_operands: int) -> _View:
+  """``view`` after a stack of ``num_operands`` arrays along a new ``axis``.
+
+  Each operand holds one position of the new axis: with more than one, the
+  others' entries lie along it.
+  """
+  view = view._replace(
+      origins=view.origins[:axis] + (frozenset(),) + view.origins[axis:])
+  return _with_other_entries(view, [axis] if num_operands > 1 else [])
+
+
 def _layout_rule(eqn, view: _View) -> Optional[list[_View]]:
   """The views of the outputs of a layout op on ``view``; None if not one."""
   primitive, params = eqn.primitive, eqn.params
@@ -303,11 +314,8 @@ class _Tracer:
       return [tuple(_with_other_entries(view, [axis])
                     for operand in views for view in operand)]
     if primitive is _STACK:
-      # A new axis, along which each operand holds one position.
       axis = eqn.params['axis']
-      return [tuple(_with_other_entries(view._replace(
-          origins=view.origins[:axis] + (frozenset(),) + view.origins[axis:]),
-                                        [axis])
+      return [tuple(_stacked(view, axis, len(views))
                     for operand in views for view in operand)]
     if primitive in (lax.device_put_p, lax.optimization_barrier_p):
       return views
