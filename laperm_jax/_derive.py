@@ -500,9 +500,9 @@ def derive_vector_axes(fn: Callable[..., Any], params: Any, *args: Any,
   a leaf that one output sums over. By default the library takes all axes
   but the last, which is right for Dense ``(in, out)`` and Conv ``(h, w,
   in, out)`` kernels but not for attention (Flax keeps query, key and value
-  kernels as ``(features, heads, head_dim)``: the fan-in is axis 0), for
-  ``DenseGeneral`` with several axes, nor for layers stacked by ``nn.scan``
-  (a ``(layers, in, out)`` kernel: the fan-in is axis 1, while the default
+  kernels as ``(features, heads, head_dim)``: the fan-in is axis 0),
+  ``DenseGeneral`` with several axes, or layers stacked by ``nn.scan`` (a
+  ``(layers, in, out)`` kernel: the fan-in is axis 1, while the default
   would make each vector span every layer). Shapes cannot tell these
   layouts apart; the forward pass can. This function traces ``fn(params,
   *args, **kwargs)`` with :func:`jax.make_jaxpr` (abstractly: nothing runs,
