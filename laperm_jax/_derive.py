@@ -169,7 +169,7 @@ def _with_other_entries(view: _View, axes: Sequence[int]) -> _View:
 
 
 def _pad(view: _View, padding_config) -> _View:
-  """``view`` after ``lax.pad``: positive padding adds entries, negative cuts."""
+  """``view`` after ``lax.pad``: padding adds entries, negative padding cuts."""
   grown = [axis for axis, (low, high, interior) in enumerate(padding_config)
            if max(low, high, interior) > 0]
   cut = [axis for axis, (low, high, _) in enumerate(padding_config)
@@ -564,7 +564,8 @@ def derive_vector_axes(fn: Callable[..., Any], params: Any, *args: Any,
     ...           'bias': jnp.zeros(16)}
     >>> def attention_projections(params, x):
     ...   query = jnp.einsum('bf,fhd->bhd', x, params['query'])
-    ...   return jnp.einsum('bhd,hdf->bf', query, params['out']) + params['bias']
+    ...   out = jnp.einsum('bhd,hdf->bf', query, params['out'])
+    ...   return out + params['bias']
     >>> lp.derive_vector_axes(attention_projections, params,
     ...                       jax.ShapeDtypeStruct((2, 16), jnp.float32))
     {'bias': laperm_jax.NO_FAN_IN, 'out': (0, 1), 'query': (0,)}

@@ -37,7 +37,8 @@ def _left_out(params, layout) -> set[str]:
   """Paths of the leaves of rank >= 2 that ``layout`` leaves to Adam."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   layouts = jax.tree.structure(params).flatten_up_to(layout)
-  return {jax.tree_util.keystr(path) for (path, leaf), axes in zip(flat, layouts)
+  return {jax.tree_util.keystr(path)
+          for (path, leaf), axes in zip(flat, layouts)
           if np.ndim(leaf) >= 2 and axes is lp.NO_FAN_IN}
 
 
@@ -263,8 +264,8 @@ def test_layouts_page_examples_run_as_written():
   namespace = {}
   with pytest.warns(UserWarning) as record:
     for block in blocks:
-      exec(compile(textwrap.dedent(block), str(LAYOUTS_PAGE), 'exec'),  # pylint: disable=exec-used
-           namespace)
+      code = compile(textwrap.dedent(block), str(LAYOUTS_PAGE), 'exec')
+      exec(code, namespace)  # pylint: disable=exec-used
   assert len(record) == 2
   assert _reported(record[:1]) == {
       "['query']['bias']", "['key']['bias']", "['value']['bias']"}
