@@ -53,9 +53,18 @@ def learning_rate(config: ml_collections.ConfigDict,
                    'exponential or piecewise.')
 
 
-def _is_layout(node: Any) -> bool:
-  """Whether ``node`` is one leaf's layout: a tuple of axes, or None."""
-  return node is None or isinstance(node, tuple)
+def _permuted_mask(also_permute: tuple[str, ...]):
+  """LaPerm's mask of the leaves :func:`weight_vector_layout` gives axes.
+
+  Those are the kernels and the leaves named in ``also_permute``: a 1-D leaf
+  among them is selected by this mask, not by LaPerm's default (rank >= 2).
+  """
+  def mask(params: optax.Params) -> Any:
+    kernels = set(models.kernel_paths(params))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: (tuple(key.key for key in path) in kernels
+                         or path[-1].key in also_permute), params)
+  return mask
 
 
 def weight_vector_layout(config: ml_collections.ConfigDict,
@@ -65,10 +74,11 @@ def weight_vector_layout(config: ml_collections.ConfigDict,
 
   With ``vector_axes = 'derived'`` (for ``laperm`` only), every kernel's
   fan-in axes are read from the model's forward pass by
-  ``lp.derive_vector_axes`` (traced abstractly: nothing runs), the leaves
-  named in ``also_permute`` are one weight vector each (every axis), and
-  every other leaf (biases, normalization scales, embeddings the forward
-  pass only adds) is None: LaPerm leaves it to the inner optimizer.
+  ``lp.derive_vector_axes`` (traced abstractly: nothing runs; it warns
+  once, naming the leaves of rank >= 2 it cannot read), the leaves named in
+  ``also_permute`` are one weight vector each (every axis), and every other
+  leaf (biases, normalization scales, embeddings the forward pass only
+  adds) is ``lp.NO_FAN_IN``: LaPerm leaves it to the inner optimizer.
 
   Args:
     config: The ``optimizer`` section: ``name``, ``vector_axes``
@@ -79,7 +89,7 @@ def weight_vector_layout(config: ml_collections.ConfigDict,
 
   Returns:
     None for the default layout (or an optimizer other than LaPerm), else a
-    params-shaped tree of tuples of fan-in axes and None, for
+    params-shaped tree of tuples of fan-in axes and ``lp.NO_FAN_IN``, for
     :func:`create` and :func:`eval_params`.
 
   Raises:
@@ -106,21 +116,20 @@ def weight_vector_layout(config: ml_collections.ConfigDict,
   params = variables['params']
   derived = lp.derive_vector_axes(
       lambda p, x: model.apply({'params': p}, x), params, images,
-      unknown='default')
+      unknown='warn')
   kernels = set(models.kernel_paths(params))
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   layouts = []
-  for (path, leaf), axes in zip(flat, jax.tree.leaves(derived,
-                                                      is_leaf=_is_layout)):
+  for (path, leaf), axes in zip(flat, treedef.flatten_up_to(derived)):
     names = tuple(key.key for key in path)
     if names in kernels:
-      if axes is None:
+      if axes is lp.NO_FAN_IN:
         raise ValueError(f'optimizer.vector_axes: the forward pass gives the '
                          f'kernel {"/".join(names)} no fan-in.')
       layouts.append(axes)
     else:
       layouts.append(tuple(range(leaf.ndim))
-                     if names[-1] in config.also_permute else None)
+                     if names[-1] in config.also_permute else lp.NO_FAN_IN)
   unknown = set(config.also_permute) - {
       tuple(key.key for key in path)[-1] for path, _ in flat}
   if unknown:
@@ -170,8 +179,7 @@ def create(config: ml_collections.ConfigDict, steps_per_epoch: int,
                        "with 'derived', name leaves in also_permute.")
     return lp.laperm(
         optax.adam(schedule), config.sync_period,
-        mask=jax.tree.map(lambda axes: axes is not None, layout,
-                          is_leaf=_is_layout),
+        mask=_permuted_mask(tuple(config.also_permute)),
         reset_mask=models.batch_norm_mask if config.gamma_beta_reset else None,
         vector_axes=layout)
   if config.name == 'laperm':

@@ -14,6 +14,7 @@ from laperm_jax._analysis import ranking_distance_per_entry
 from laperm_jax._analysis import ranking_distances
 from laperm_jax._analysis import weight_profiles
 from laperm_jax._analysis import weight_statistics
+from laperm_jax._derive import derive_nnx_vector_axes
 from laperm_jax._derive import derive_vector_axes
 from laperm_jax._export import export_permutations
 from laperm_jax._export import restore_permutations
@@ -43,6 +44,7 @@ __all__ = (
     'RankingDistance',
     'as_vectors',
     'cycle_summary',
+    'derive_nnx_vector_axes',
     'derive_vector_axes',
     'export_permutations',
     'laperm',

@@ -33,8 +33,9 @@
 # `lp.laperm(..., vector_axes=layout)` on scikit-learn's 8x8 digits (no
 # download), checks **bit for bit** that every fan-in vector holds exactly
 # its initial values, and trains it again with the wrong (trailing-axis)
-# grouping to show the weights it moves between heads. About a minute on a
-# CPU.
+# grouping to show the weights it moves between heads. Last, the same
+# recipe on a Flax NNX model with BatchNorm, Dropout and layers run by
+# `nnx.scan`, trained under `nnx.Optimizer`. About a minute on a CPU.
 #
 # > Qiu & Suda, *Train-by-Reconnect: Decoupling Locations of Weights from Their Values*,
 # > NeurIPS 2020, [arXiv:2003.02570](https://arxiv.org/abs/2003.02570).
@@ -69,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
+from flax import nnx
 from flax.training import train_state
 
 import laperm_jax as lp
@@ -159,39 +161,35 @@ except ValueError as error:
   print(str(error)[:600], '...')
 
 # %% [markdown]
-# With `unknown='default'` those leaves get `None`. Every kernel gets its
-# fan-in: `(0, 1, 2)` for the patch embedding (one filter), `(0,)` for the
-# query, key and value kernels `(features, heads, head_dim)`, `(0, 1)` for
-# the output projection `(heads, head_dim, features)`, `(0,)` for the Dense
-# layers.
+# With `unknown='warn'` those leaves get `lp.NO_FAN_IN` and one warning
+# names them. Every kernel gets its fan-in: `(0, 1, 2)` for the patch
+# embedding (one filter), `(0,)` for the query, key and value kernels
+# `(features, heads, head_dim)`, `(0, 1)` for the output projection
+# `(heads, head_dim, features)`, `(0,)` for the Dense layers.
 
 # %%
-layout = lp.derive_vector_axes(forward, initial, example, unknown='default')
-is_layout = lambda node: node is None or isinstance(node, tuple)
-for path, axes in jax.tree_util.tree_flatten_with_path(
-    layout, is_leaf=is_layout)[0]:
-  leaf = initial
-  for key in path:
-    leaf = leaf[key.key]
+layout = lp.derive_vector_axes(forward, initial, example, unknown='warn')
+paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(initial)[0]]
+# One layout per leaf of `initial`, in the same order.
+layouts = jax.tree.structure(initial).flatten_up_to(layout)
+for path, leaf, axes in zip(paths, jax.tree.leaves(initial), layouts):
   print(f'{jax.tree_util.keystr(path):45} {str(leaf.shape):15} {axes}')
 
 # %% [markdown]
-# LaPerm permutes exactly the leaves with a fan-in (the kernels); the
-# others (biases, LayerNorm scales, position embedding, class token) follow
-# Adam alone, as the paper leaves biases to the inner optimizer. The mask
-# says so explicitly: LaPerm's own default, every leaf of rank 2 or more,
-# would take the position embedding, the class token and the attention
-# biases too.
+# The layout chooses the leaves too: LaPerm permutes exactly the leaves with
+# a fan-in (the kernels); the `lp.NO_FAN_IN` ones (biases, LayerNorm scales,
+# position embedding, class token) follow Adam alone, as the paper leaves
+# biases to the inner optimizer.
 
 # %%
-permuted = jax.tree.map(lambda axes: axes is not None, layout,
-                        is_leaf=is_layout)
 derived_laperm = lp.laperm(optax.adam(LEARNING_RATE), SYNC_PERIOD,
-                           mask=permuted, vector_axes=layout)
-# The same leaves grouped by the default rule, all axes but the last: wrong
-# for the query, key and value kernels.
+                           vector_axes=layout)
+# The same leaves, the kernels, grouped by the default rule, all axes but
+# the last: wrong for the query, key and value kernels.
+only_kernels = lambda params: jax.tree_util.tree_map_with_path(
+    lambda path, _: path[-1].key == 'kernel', params)
 trailing_laperm = lp.laperm(optax.adam(LEARNING_RATE), SYNC_PERIOD,
-                            mask=permuted)
+                            mask=only_kernels)
 
 
 # %% [markdown]
@@ -199,8 +197,7 @@ trailing_laperm = lp.laperm(optax.adam(LEARNING_RATE), SYNC_PERIOD,
 #
 # A plain Flax `TrainState` and train step. LaPerm is evaluated on
 # `lp.synchronize(params, opt_state, vector_axes=...)`, the weights a sync
-# would give now, with the same layout it was built with (the state does not
-# record it).
+# would give now, with the same layout it was built with.
 
 # %%
 def train(tx, vector_axes, seed=0):
@@ -240,8 +237,8 @@ def fan_in_columns(params, path, axes):
   return lp.as_vectors(leaf, vector_axes=axes)
 
 
-kernels = [(path, axes) for path, axes in jax.tree_util.tree_flatten_with_path(
-    layout, is_leaf=is_layout)[0] if axes is not None]
+kernels = [(path, axes) for path, axes in zip(paths, layouts)
+           if axes is not lp.NO_FAN_IN]
 derived_exact = {}
 for path, axes in kernels:
   before = fan_in_columns(initial, path, axes)
@@ -293,6 +290,99 @@ trailing_exact = all(
 print('trailing grouping: every fan-in vector a permutation of its initial '
       f'values: {trailing_exact}')
 
+# %% [markdown]
+# ## Flax NNX: BatchNorm, Dropout, layers run by `nnx.scan`
+#
+# With an `nnx.Module`, `lp.derive_nnx_vector_axes` takes the model itself.
+# It traces the model's other state (BatchNorm statistics, Dropout's RNG
+# keys) along with its params, changes nothing, and its layout goes to
+# `nnx.Optimizer` as it is. Here an MLP whose hidden blocks (Linear,
+# BatchNorm, Dropout) are created by `nnx.vmap` and run by `nnx.scan`: their
+# kernels are stacked as `(layers, in, out)`, where the default rule would
+# make each weight vector span every layer; the derived layout is `(1,)`,
+# one vector per layer and output unit. The stacked biases and BatchNorm
+# scales, `(layers, width)`, have no fan-in: the warning names them.
+
+# %%
+class Block(nnx.Module):
+
+  def __init__(self, width, rngs):
+    self.linear = nnx.Linear(width, width, rngs=rngs)
+    self.norm = nnx.BatchNorm(width, rngs=rngs)
+    self.dropout = nnx.Dropout(0.1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.dropout(nnx.relu(self.norm(self.linear(x))))
+
+
+class ScannedMLP(nnx.Module):
+
+  def __init__(self, width, depth, rngs):
+    self.stem = nnx.Linear(64, width, rngs=rngs)
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def blocks(rngs):
+      return Block(width, rngs)
+
+    self.blocks = blocks(rngs)
+    self.head = nnx.Linear(width, 10, rngs=rngs)
+
+  def __call__(self, images):
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def run(x, block):
+      return block(x)
+
+    x = nnx.relu(self.stem(images.reshape(images.shape[0], -1)))
+    return self.head(run(x, self.blocks))
+
+
+model = ScannedMLP(64, 2, nnx.Rngs(0))
+x = x_train[:BATCH_SIZE]
+
+layout = lp.derive_nnx_vector_axes(model, x, unknown='warn')
+optimizer = nnx.Optimizer(
+    model, lp.laperm(optax.adam(1e-3), 20, vector_axes=layout),
+    wrt=nnx.Param)
+print('blocks/linear/kernel', model.blocks.linear.kernel.shape,
+      layout['blocks']['linear']['kernel'])
+
+# %% [markdown]
+# A plain NNX training loop; then `lp.synchronize` gives the weights a sync
+# would give now, and `nnx.update` writes them into the model.
+
+# %%
+@nnx.jit
+def nnx_train_step(model, optimizer, x, y):
+  def loss_fn(model):
+    logits = model(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  optimizer.update(model, nnx.grad(loss_fn)(model))
+
+
+nnx_initial = nnx.as_pure(nnx.state(model, nnx.Param))
+rng = np.random.default_rng(0)
+for _ in range(EPOCHS):
+  for x, y in helpers.batches(rng, x_train, y_train, BATCH_SIZE):
+    nnx_train_step(model, optimizer, x, y)
+nnx.update(model, lp.synchronize(nnx.state(model, nnx.Param),
+                                 optimizer.opt_state, vector_axes=layout))
+model.eval()
+nnx_accuracy = float(jnp.mean(jnp.argmax(model(x_test), axis=-1) == y_test))
+
+nnx_synced = nnx.as_pure(nnx.state(model, nnx.Param))
+nnx_exact = {}
+for (path, before), after, axes in zip(
+    jax.tree_util.tree_flatten_with_path(nnx_initial)[0],
+    jax.tree.leaves(nnx_synced),
+    jax.tree.structure(nnx_initial).flatten_up_to(layout)):
+  if axes is not lp.NO_FAN_IN and before.ndim >= 2:
+    nnx_exact[jax.tree_util.keystr(path)] = helpers.same_values(
+        lp.as_vectors(after, vector_axes=axes),
+        lp.as_vectors(before, vector_axes=axes))
+print(f'held-out accuracy {nnx_accuracy:.3f}; every fan-in vector a '
+      f'permutation of its initial values: {nnx_exact}')
+
 # %%
 results = {
     'settings': SETTINGS,
@@ -305,9 +395,14 @@ results = {
     'trailing_heads_keeping_their_values': sum(
         sum(heads) for heads in trailing_heads.values()),
     'trailing_kernels_are_permutations': trailing_exact,
+    'nnx_accuracy': nnx_accuracy,
+    'nnx_kernels_are_permutations': len(nnx_exact) == 3 and all(
+        nnx_exact.values()),
 }
 print('RESULTS', json.dumps(results))
 assert results['derived_kernels_are_permutations'], results
 assert results['derived_heads_keep_their_values'], results
 assert not results['trailing_kernels_are_permutations'], results
 assert results['derived_accuracy'] > 0.5, results  # Chance: 0.1.
+assert results['nnx_kernels_are_permutations'], results
+assert results['nnx_accuracy'] > 0.5, results

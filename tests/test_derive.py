@@ -6,7 +6,6 @@ call it, except in the test that trains.
 """
 
 import functools
-import inspect
 import math
 import re
 
@@ -18,10 +17,11 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import laperm_jax as lp
+
+NO_FAN_IN = lp.NO_FAN_IN
 
 
 def _linen(module, *input_shapes, **kwargs):
@@ -33,18 +33,32 @@ def _linen(module, *input_shapes, **kwargs):
           params['params'], inputs)
 
 
-def _derive(module, *input_shapes, unknown='error'):
+def _derive(module, *input_shapes):
   fn, params, inputs = _linen(module, *input_shapes)
-  return lp.derive_vector_axes(fn, params, *inputs, unknown=unknown)
+  return lp.derive_vector_axes(fn, params, *inputs)
 
 
 def _reported(error: pytest.ExceptionInfo) -> set[str]:
   """The leaf paths that a derive_vector_axes error lists."""
-  return set(re.findall(r'^  (\S+) \(shape', str(error.value), re.MULTILINE))
+  return _listed(str(error.value))
+
+
+def _listed(message: str) -> set[str]:
+  """The leaf paths that a derive_vector_axes error or warning lists."""
+  return set(re.findall(r'^  (\S+) \(shape', message, re.MULTILINE))
+
+
+def _derive_warned(fn, params, *inputs, **kwargs):
+  """``derive_vector_axes(..., unknown='warn')``; its layout and report."""
+  with pytest.warns(UserWarning) as record:
+    derived = lp.derive_vector_axes(fn, params, *inputs, unknown='warn',
+                                    **kwargs)
+  assert len(record) == 1  # Once, listing every leaf.
+  return derived, _listed(str(record[0].message))
 
 
 def test_dense():
-  assert _derive(nn.Dense(4), (2, 3)) == {'kernel': (0,), 'bias': None}
+  assert _derive(nn.Dense(4), (2, 3)) == {'kernel': (0,), 'bias': NO_FAN_IN}
 
 
 @pytest.mark.parametrize('kernel_size, expected', [
@@ -55,7 +69,7 @@ def test_dense():
 def test_conv(kernel_size, expected):
   input_shape = (2,) + (6,) * len(kernel_size) + (4,)
   assert _derive(nn.Conv(8, kernel_size), input_shape) == {
-      'kernel': expected, 'bias': None}
+      'kernel': expected, 'bias': NO_FAN_IN}
 
 
 @pytest.mark.parametrize('groups', [2, 4])  # Grouped, then depthwise.
@@ -73,7 +87,8 @@ def test_grouped_conv_sums_over_its_group(groups):
 ])
 def test_conv_transpose(transpose_kernel, expected):
   module = nn.ConvTranspose(8, (3, 3), transpose_kernel=transpose_kernel)
-  assert _derive(module, (2, 6, 6, 4)) == {'kernel': expected, 'bias': None}
+  assert _derive(module, (2, 6, 6, 4)) == {'kernel': expected,
+                                           'bias': NO_FAN_IN}
 
 
 def test_dense_general_with_several_input_axes():
@@ -91,8 +106,8 @@ def test_dense_general_with_several_output_axes():
   with pytest.raises(ValueError, match=r"'bias'.*read by add") as error:
     lp.derive_vector_axes(fn, params, *inputs)
   assert _reported(error) == {"['bias']"}
-  assert lp.derive_vector_axes(fn, params, *inputs, unknown='default') == {
-      'kernel': (0,), 'bias': None}
+  assert _derive_warned(fn, params, *inputs) == (
+      {'kernel': (0,), 'bias': NO_FAN_IN}, {"['bias']"})
 
 
 def test_same_shape_different_layouts():
@@ -121,31 +136,30 @@ def test_linen_attention():
   fn, params, inputs = _linen(module, (2, 5, 16))
   assert params['query']['kernel'].shape == (16, 2, 8)
   assert params['out']['kernel'].shape == (2, 8, 16)
-  derived = lp.derive_vector_axes(fn, params, *inputs, unknown='default')
+  derived, reported = _derive_warned(fn, params, *inputs)
   assert _kernels(derived) == _ATTENTION
-  assert all(layer['bias'] is None for layer in derived.values())
+  assert all(layer['bias'] is NO_FAN_IN for layer in derived.values())
   # The (heads, head_dim) biases are reported, not guessed; the 1-D out
-  # bias is None without a report.
+  # bias gets NO_FAN_IN without a report.
+  assert reported == {
+      "['query']['bias']", "['key']['bias']", "['value']['bias']"}
   with pytest.raises(ValueError) as error:
     lp.derive_vector_axes(fn, params, *inputs)
-  assert _reported(error) == {
-      "['query']['bias']", "['key']['bias']", "['value']['bias']"}
+  assert _reported(error) == reported
 
 
 def _nnx_derive(model, input_shape):
-  """Derives through ``nnx.split``, on the pure params (see docs)."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  return lp.derive_vector_axes(
-      lambda p, x: nnx.merge(graphdef, p, rest)(x), nnx.as_pure(params),
-      jax.ShapeDtypeStruct(input_shape, jnp.float32), unknown='default')
+  return lp.derive_nnx_vector_axes(
+      model, jax.ShapeDtypeStruct(input_shape, jnp.float32), unknown='warn')
 
 
 def test_nnx_attention():
   model = nnx.MultiHeadAttention(num_heads=2, in_features=16, qkv_features=16,
                                  decode=False, rngs=nnx.Rngs(0))
-  derived = _nnx_derive(model, (2, 5, 16))
+  with pytest.warns(UserWarning, match=r"\['query'\]\['bias'\]"):
+    derived = _nnx_derive(model, (2, 5, 16))
   assert _kernels(derived) == _ATTENTION
-  assert derived['query']['bias'] is None
+  assert derived['query']['bias'] is NO_FAN_IN
 
 
 def test_nnx_state_with_variables():
@@ -157,7 +171,7 @@ def test_nnx_state_with_variables():
       jax.ShapeDtypeStruct((2, 3), jnp.float32))
   assert isinstance(derived['kernel'], nnx.Param)
   assert derived['kernel'].get_value() == (0,)
-  assert derived['bias'].get_value() is None
+  assert derived['bias'].get_value() is NO_FAN_IN
 
 
 @pytest.mark.parametrize('model, input_shape, expected', [
@@ -168,7 +182,8 @@ def test_nnx_state_with_variables():
               rngs=nnx.Rngs(0)), (2, 6, 4), (0, 1)),
 ])
 def test_nnx_linear_and_conv(model, input_shape, expected):
-  assert _nnx_derive(model, input_shape) == {'kernel': expected, 'bias': None}
+  assert _nnx_derive(model, input_shape) == {'kernel': expected,
+                                             'bias': NO_FAN_IN}
 
 
 class _Embedder(nn.Module):
@@ -187,9 +202,10 @@ def test_embedding_is_reported():
                      r'\(shape \(10, 8\)\): read by gather') as error:
     lp.derive_vector_axes(fn, params, tokens)
   assert _reported(error) == {"['Embed_0']['embedding']"}
-  derived = lp.derive_vector_axes(fn, params, tokens, unknown='default')
-  assert derived == {'Embed_0': {'embedding': None},
-                     'Dense_0': {'kernel': (0,), 'bias': None}}
+  derived, reported = _derive_warned(fn, params, tokens)
+  assert reported == {"['Embed_0']['embedding']"}
+  assert derived == {'Embed_0': {'embedding': NO_FAN_IN},
+                     'Dense_0': {'kernel': (0,), 'bias': NO_FAN_IN}}
 
 
 class _Logits(nn.Module):
@@ -211,10 +227,10 @@ class _Normed(nn.Module):
     return nn.LayerNorm()(nn.Dense(4)(x))
 
 
-def test_bias_and_norm_scale_are_none():
+def test_bias_and_norm_scale_have_no_fan_in_and_no_report():
   derived = _derive(_Normed(), (2, 3))
-  assert derived == {'Dense_0': {'kernel': (0,), 'bias': None},
-                     'LayerNorm_0': {'scale': None, 'bias': None}}
+  assert derived == {'Dense_0': {'kernel': (0,), 'bias': NO_FAN_IN},
+                     'LayerNorm_0': {'scale': NO_FAN_IN, 'bias': NO_FAN_IN}}
 
 
 class _ViT(nn.Module):
@@ -241,6 +257,17 @@ class _ViT(nn.Module):
     return nn.Dense(10, name='head')(nn.LayerNorm(name='norm')(x[:, 0]))
 
 
+def _kernel_layouts(tree, leaf_name='kernel', prefix=''):
+  """``{'module/submodule': layout}`` of every ``leaf_name`` in ``tree``."""
+  found = {}
+  for name, node in tree.items():
+    if name == leaf_name:
+      found[prefix[:-1]] = node
+    elif isinstance(node, dict):
+      found.update(_kernel_layouts(node, leaf_name, f'{prefix}{name}/'))
+  return found
+
+
 def test_vision_transformer():
   images = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
   module = _ViT()
@@ -258,22 +285,17 @@ def test_vision_transformer():
   assert "['pos_embedding'] (shape (1, 5, 16)): read by add" in str(
       error.value)
 
-  derived = lp.derive_vector_axes(fn, params, images, deterministic=True,
-                                  unknown='default')
+  derived, reported = _derive_warned(fn, params, images, deterministic=True)
+  assert reported == _reported(error)
   expected = {'patches': (0, 1, 2), 'head': (0,)}
   for block in range(2):
     expected[f'mlp_{block}_0'] = expected[f'mlp_{block}_1'] = (0,)
     for name, axes in _ATTENTION.items():
       expected[f'attention_{block}/{name}'] = axes
-  kernels = {
-      '/'.join(key.key for key in path[:-1]): axes
-      for path, axes in jax.tree_util.tree_flatten_with_path(
-          derived, is_leaf=lambda x: isinstance(x, tuple))[0]
-      if path[-1].key == 'kernel'}
-  assert kernels == expected
-  assert derived['cls'] is None and derived['pos_embedding'] is None
+  assert _kernel_layouts(derived) == expected
+  assert derived['cls'] is NO_FAN_IN and derived['pos_embedding'] is NO_FAN_IN
   for name in ('norm', 'norm_0_0', 'norm_1_1'):
-    assert derived[name] == {'scale': None, 'bias': None}
+    assert derived[name] == {'scale': NO_FAN_IN, 'bias': NO_FAN_IN}
 
 
 class _Weights(nn.Module):
@@ -329,10 +351,16 @@ _matmul_vjp.defvjp(lambda x, w: (x @ w, (x, w)),
                           length=2)[0],
     lambda x, w: lax.while_loop(lambda c: c.sum() < 9.0,
                                 lambda c: c + (c @ w)[:, :4], x),
+    # Concatenated or padded along the output axis, which no product sums.
+    lambda x, w: x @ jnp.concatenate([w, jnp.ones((4, 2))], axis=1),
+    lambda x, w: x @ jnp.concatenate([w[:, :3], w[:, 3:]], axis=1),
+    lambda x, w: x @ jnp.pad(w, ((0, 0), (1, 2))),
+    lambda x, w: jnp.einsum('bi,kio->bko', x, jnp.stack([w, jnp.ones((4, 6))])),
     _matmul_jvp,
     _matmul_vjp,
 ], ids=['tied', 'jit', 'remat', 'cast-transpose', 'index', 'cond', 'split',
-        'scan', 'while', 'custom_jvp', 'custom_vjp'])
+        'scan', 'while', 'concatenate', 'split-concatenate', 'pad', 'stack',
+        'custom_jvp', 'custom_vjp'])
 def test_followed_through(forward):
   assert _derive(_Weights((4, 6), forward), (2, 4)) == {'w': (0,)}
 
@@ -400,12 +428,59 @@ def test_reshaped_kernel():
     (lambda x, w: lax.cond(x.sum() > 0, lambda: x @ w,
                            lambda: x[:, :5] @ w.T[:, :5]),
      'different fan-ins'),
+    # One output unit sums over more than the leaf: its fan-in is not a
+    # vector of the leaf.
+    (lambda x, w: jnp.concatenate([x, x], axis=1) @ jnp.concatenate([w, w]),
+     'sums over it concatenated or padded'),
+    (lambda x, w: jnp.pad(x, ((0, 0), (0, 1))) @ jnp.pad(w, ((0, 1), (0, 0))),
+     'sums over it concatenated or padded'),
+    (lambda x, w: jnp.einsum('bki,kio->bo', jnp.stack([x, x], axis=1),
+                             jnp.stack([w, w])),
+     'sums over it concatenated or padded'),
 ])
 def test_problems_are_reported(forward, problem):
   module = _Weights((6, 5), forward)
   with pytest.raises(ValueError, match=re.escape(problem)):
     _derive(module, (2, 6))
-  assert _derive(module, (2, 6), unknown='default') == {'w': None}
+  fn, params, inputs = _linen(module, (2, 6))
+  assert _derive_warned(fn, params, *inputs) == ({'w': NO_FAN_IN}, {"['w']"})
+
+
+def test_padding_cut_is_a_slice():
+  # Negative padding cuts the leaf: summing over the rest is a slice.
+  module = _Weights((6, 5), lambda x, w: x[:, :4] @ lax.pad(
+      w, 0.0, ((0, -2, 0), (0, 0, 0))))
+  with pytest.raises(ValueError, match=re.escape('a slice of its axes [0]')):
+    _derive(module, (2, 6))
+  module = _Weights((6, 5), lambda x, w: x @ lax.pad(
+      w, 0.0, ((0, 0, 0), (-1, 2, 1))))
+  assert _derive(module, (2, 6)) == {'w': (0,)}
+
+
+class _Recurrent(nn.Module):
+  """A bidirectional RNN of ``cell`` and a Dense head."""
+
+  cell: type
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Bidirectional(nn.RNN(self.cell(6)), nn.RNN(self.cell(6)))(x)
+    return nn.Dense(3, name='head')(x)
+
+
+@pytest.mark.parametrize('cell', [nn.OptimizedLSTMCell, nn.LSTMCell,
+                                  nn.GRUCell])
+def test_recurrent_cells_derive_completely(cell):
+  # OptimizedLSTMCell concatenates its 4 gates' kernels along the output
+  # axis before one product: each kernel is still read with fan-in axis 0.
+  fn, params, inputs = _linen(_Recurrent(cell), (2, 5, 4))
+  derived = lp.derive_vector_axes(fn, params, *inputs)  # Raises if unread.
+  kernels = _kernel_layouts(derived)
+  # Per direction: 8 kernels in an LSTM cell, 6 in a GRU cell; and the head.
+  assert len(kernels) == 2 * (6 if cell is nn.GRUCell else 8) + 1
+  assert set(kernels.values()) == {(0,)}
+  biases = _kernel_layouts(derived, 'bias')
+  assert biases and set(biases.values()) == {NO_FAN_IN}
 
 
 @pytest.mark.parametrize('forward', [
@@ -437,84 +512,15 @@ def test_scanned_layers():
   with pytest.raises(ValueError) as error:
     lp.derive_vector_axes(fn, params, *inputs)
   assert _reported(error) == {"['Dense_0']['bias']"}
-  assert lp.derive_vector_axes(fn, params, *inputs, unknown='default') == {
-      'Dense_0': {'kernel': (1,), 'bias': None}}
+  assert _derive_warned(fn, params, *inputs) == (
+      {'Dense_0': {'kernel': (1,), 'bias': NO_FAN_IN}},
+      {"['Dense_0']['bias']"})
 
 
 def test_bad_arguments():
   fn, params, inputs = _linen(nn.Dense(4), (2, 3))
-  with pytest.raises(ValueError, match="unknown must be 'error' or 'default'"):
+  with pytest.raises(ValueError, match="unknown must be 'error' or 'warn'"):
     lp.derive_vector_axes(fn, params, *inputs, unknown='ignore')
   with pytest.raises(ValueError, match=r"leaf \['kernel'\] is a str"):
     lp.derive_vector_axes(fn, {'kernel': 'w', 'bias': params['bias']},
                           *inputs)
-
-
-def test_laperm_syncs_within_derived_vectors():
-  """q/k/v vectors stay within one head's column after a sync, bit for bit."""
-  if 'vector_axes' not in inspect.signature(lp.laperm).parameters:
-    pytest.skip('lp.laperm does not take vector_axes yet')
-  module = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
-  x = jax.random.normal(jax.random.key(1), (4, 3, 8))
-  params = module.init(jax.random.key(0), x)['params']
-  fn = lambda p, x: module.apply({'params': p}, x)
-  derived = lp.derive_vector_axes(fn, params, x, unknown='default')
-  mask = jax.tree.map(lambda axes: axes is not None, derived,
-                      is_leaf=lambda axes: axes is None or isinstance(
-                          axes, tuple))
-  tx = lp.laperm(optax.adam(1e-1), sync_period=3, mask=mask,
-                 vector_axes=derived)
-
-  @jax.jit
-  def step(params, state):
-    grads = jax.grad(lambda p: jnp.sum((fn(p, x) - 1.0) ** 2))(params)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  trained, state = params, tx.init(params)
-  for _ in range(2):
-    trained, state = step(trained, state)
-  synced = lp.synchronize(trained, state, vector_axes=derived)
-  for name in ('query', 'key', 'value'):
-    before = np.asarray(params[name]['kernel'])  # (features, heads, dim)
-    after = np.asarray(synced[name]['kernel'])
-    assert not np.array_equal(after, before)
-    np.testing.assert_array_equal(np.sort(after, axis=0),
-                                  np.sort(before, axis=0))
-  before = np.asarray(params['out']['kernel']).reshape(8, 8)
-  after = np.asarray(synced['out']['kernel']).reshape(8, 8)
-  np.testing.assert_array_equal(np.sort(after, axis=0),
-                                np.sort(before, axis=0))
-
-
-def test_nnx_optimizer_takes_the_layout_of_pure_params():
-  """docs/layouts.rst: the pure params' layout fits ``nnx.Optimizer``."""
-  if 'vector_axes' not in inspect.signature(lp.laperm).parameters:
-    pytest.skip('lp.laperm does not take vector_axes yet')
-  model = nnx.MultiHeadAttention(num_heads=2, in_features=8, decode=False,
-                                 rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(1), (4, 3, 8))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  derived = lp.derive_vector_axes(
-      lambda p, x: nnx.merge(graphdef, p, rest)(x), nnx.as_pure(params), x,
-      unknown='default')
-  mask = jax.tree.map(lambda axes: axes is not None, derived,
-                      is_leaf=lambda axes: axes is None or isinstance(
-                          axes, tuple))
-  before = np.asarray(model.query.kernel[...])  # (features, heads, dim)
-  optimizer = nnx.Optimizer(
-      model, lp.laperm(optax.adam(1e-1), sync_period=1, mask=mask,
-                       vector_axes=derived), wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, optimizer):
-    grads = nnx.grad(lambda m: jnp.sum((m(x) - 1.0) ** 2))(model)
-    optimizer.update(model, grads)
-
-  step(model, optimizer)
-  after = np.asarray(model.query.kernel[...])
-  assert not np.array_equal(after, before)
-  # A sync through an optax update lands within one rounding of the
-  # permuted initial values (the laperm docstring): per (head, dim) column.
-  np.testing.assert_allclose(np.sort(after, axis=0), np.sort(before, axis=0),
-                             rtol=0, atol=1e-6)

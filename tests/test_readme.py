@@ -4,7 +4,9 @@ import pathlib
 import re
 
 import chex
+import numpy as np
 import optax
+import pytest
 
 import laperm_jax as lp
 
@@ -29,3 +31,21 @@ def test_quick_start():
                                 initial[layer]['kernel'])
   loss = namespace['loss_fn'](exact, namespace['x'], namespace['y'])
   assert float(loss) < 1.0  # ln(10) = 2.3 at chance.
+
+
+def test_own_model():
+  with pytest.warns(UserWarning, match=r"\['query'\]\['bias'\]"):
+    namespace = _run_example('### Your own model')
+  layout, params = namespace['layout'], namespace['params']
+  synced = namespace['synced']
+  assert layout['query']['bias'] is lp.NO_FAN_IN
+  for name in ('query', 'key', 'value', 'out'):
+    axes = layout[name]['kernel']
+    assert axes == ((0, 1) if name == 'out' else (0,))
+    # Each fan-in holds its initial values, bit for bit, in a new order.
+    chex.assert_trees_all_equal(
+        lp.sort_vectors(synced[name]['kernel'], vector_axes=axes),
+        lp.sort_vectors(params[name]['kernel'], vector_axes=axes))
+    assert not np.array_equal(synced[name]['kernel'], params[name]['kernel'])
+    # The biases followed Adam alone.
+    assert not np.array_equal(synced[name]['bias'], params[name]['bias'])

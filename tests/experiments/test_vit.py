@@ -89,15 +89,17 @@ def test_layout_is_derived_from_the_forward_pass():
         0,)
   assert _layout_of_kernels(layout, config) == expected
   # Everything else is left to Adam, explicitly.
-  assert layout['cls_token'] is None and layout['pos_embedding'] is None
-  assert layout['norm'] == {'scale': None, 'bias': None}
-  assert layout['encoder_1']['attention']['query']['bias'] is None
+  assert layout['cls_token'] is lp.NO_FAN_IN
+  assert layout['pos_embedding'] is lp.NO_FAN_IN
+  assert layout['norm'] == {'scale': lp.NO_FAN_IN, 'bias': lp.NO_FAN_IN}
+  assert layout['encoder_1']['attention']['query']['bias'] is lp.NO_FAN_IN
   # Named leaves follow LaPerm as one vector each.
   config.optimizer.also_permute = ('scale', 'pos_embedding', 'cls_token')
   layout = optimizers.weight_vector_layout(config.optimizer, model, DIGITS)
   assert layout['pos_embedding'] == (0, 1, 2)
   assert layout['cls_token'] == (0, 1, 2)
-  assert layout['encoder_2']['norm_1'] == {'scale': (0,), 'bias': None}
+  assert layout['encoder_2']['norm_1'] == {'scale': (0,),
+                                           'bias': lp.NO_FAN_IN}
   # Adam needs no layout.
   assert optimizers.weight_vector_layout(
       _preset_config('adam').optimizer, model, DIGITS) is None
