@@ -213,18 +213,16 @@ def train_params(params: optax.Params) -> optax.Params:
   return params
 
 
-def eval_params(params: optax.Params, opt_state: optax.OptState,
-                layout: Optional[Any] = None) -> optax.Params:
+def eval_params(params: optax.Params,
+                opt_state: optax.OptState) -> optax.Params:
   """The weights an optimizer is evaluated with.
 
   LaPerm: the params synchronized exactly (each kernel a permutation of its
-  initial weights, under ``layout``: the one :func:`create` was given),
-  whether or not this step was a sync. Lookahead: the slow weights. Others:
-  the params.
+  initial weights, under the layout its state carries), whether or not this
+  step was a sync. Lookahead: the slow weights. Others: the params.
   """
   if isinstance(params, optax.LookaheadParams):
     return params.slow
-  if any(isinstance(leaf, lp.LaPermState) for leaf in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, lp.LaPermState))):
-    return lp.synchronize(params, opt_state, vector_axes=layout)
+  if lp.laperm_states(opt_state):
+    return lp.synchronize(params, opt_state)
   return params

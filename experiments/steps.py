@@ -15,7 +15,6 @@ backend runs the convolutions of a loop body much slower, so conv presets
 keep one step per call).
 """
 
-import functools
 from typing import Any, Callable, Optional, Sequence
 
 from flax import linen as nn
@@ -268,17 +267,15 @@ def make_evaluate(model: nn.Module, batch_size: int,
                       mesh)
 
 
-def make_eval_weights(mesh: parallel.Mesh = None, together: bool = False,
-                      layout: Optional[Any] = None
+def make_eval_weights(mesh: parallel.Mesh = None, together: bool = False
                       ) -> Callable[[state_lib.TrainState], Any]:
   """``state -> params``: per seed, the weights its optimizer is judged by.
 
   For LaPerm, exactly synchronized weights (``optimizers.eval_params``)
-  under ``layout``, the one its optimizer was built with.
+  under the layout its state carries.
   """
-  eval_params = parallel.jit(over_seeds(
-      functools.partial(optimizers.eval_params, layout=layout), (0, 0),
-      together), mesh)
+  eval_params = parallel.jit(
+      over_seeds(optimizers.eval_params, (0, 0), together), mesh)
 
   def eval_weights(state):
     return eval_params(state.params, state.opt_state)

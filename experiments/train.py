@@ -278,7 +278,7 @@ def _set_up(config, seeds, splits, num_classes, workdir, mesh, name
       train=steps.make_train(config, setup.model, mesh, together),
       evaluate=steps.make_evaluate(setup.model, config.eval_batch_size, mesh,
                                    together),
-      eval_weights=steps.make_eval_weights(mesh, together, setup.layout),
+      eval_weights=steps.make_eval_weights(mesh, together),
       base_keys=jnp.stack([jax.random.fold_in(jax.random.key(seed), 1)
                            for seed in seeds]))
   params = run.eval_weights(state)

@@ -29,7 +29,8 @@
 #   (`lp.weight_statistics`, `lp.ranking_distance`,
 #   `plots.plot_training_monitor`): under LaPerm the weight distribution is
 #   fixed and only the ranking moves, under Adam it spreads;
-# - draws how far each weight moved in rank (`lp.ranking_distances`), and the
+# - draws how far each weight moved in rank
+#   (`lp.ranking_distance_per_entry`), and the
 #   permutation of one weight vector between two syncs as disjoint cycles
 #   (`lp.cycle_summary`, `plots.plot_permutation_cycles`, Figure 14).
 #
@@ -241,13 +242,13 @@ plt.show()
 # %% [markdown]
 # ### How far each weight moved in rank
 #
-# `lp.ranking_distances(before, after)` gives, per entry, how many places it
-# moved in the rank order of its weight vector: here from the initialization to
+# `lp.ranking_distance_per_entry(before, after)` gives, per entry, how many
+# places it moved in the rank order of its weight vector: here from the initialization to
 # the end of LaPerm training, over the vector length.
 
 # %%
-distances = jax.jit(lp.ranking_distances)(kernels(initial),
-                                          kernels(laperm_params))
+distances = jax.jit(lp.ranking_distance_per_entry)(kernels(initial),
+                                                   kernels(laperm_params))
 figure, axes = plt.subplots(1, len(initial), figsize=(10, 2.8),
                             layout='constrained', sharey=True)
 for ax, name in zip(axes, initial):

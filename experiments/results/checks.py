@@ -125,12 +125,14 @@ def all_laperm_runs(runs: pathlib.Path) -> dict[str, dict[str, Any]]:
 def _head_ranking_distances(before: jax.Array, after: jax.Array,
                             axes: tuple[int, ...]) -> list[float]:
   """Per head of an attention kernel, the mean ranking distance of its
-  entries over the vector length (``lp.ranking_distances`` under ``axes``).
+  entries over the vector length (``lp.ranking_distance_per_entry`` under
+  ``axes``).
 
   The head axis is 1 in query/key/value kernels ``(features, heads, dim)``
   and 0 in the out kernel ``(heads, dim, features)``.
   """
-  distances = np.asarray(lp.ranking_distances(before, after, vector_axes=axes))
+  distances = np.asarray(lp.ranking_distance_per_entry(before, after,
+                                                      vector_axes=axes))
   length = int(np.prod([before.shape[axis] for axis in axes]))
   head_axis = 0 if axes == (0, 1) else 1
   return [round(float(np.mean(np.take(distances, head, head_axis))) / length,

@@ -89,10 +89,9 @@ def _rebuild(configs: list[ml_collections.ConfigDict]
   return run.layout, run.states
 
 
-def _carried(state: state_lib.TrainState, layout: Optional[Any]
-             ) -> dict[str, Any]:
+def _carried(state: state_lib.TrainState) -> dict[str, Any]:
   """What a checkpoint holds for one seed, at the start of training."""
-  eval_params = optimizers.eval_params(state.params, state.opt_state, layout)
+  eval_params = optimizers.eval_params(state.params, state.opt_state)
   return checkpoints.Carried(
       state=state, best_params=eval_params,
       best_batch_stats=state.batch_stats,
@@ -119,7 +118,7 @@ def restore(run_dir: pathlib.Path) -> Restored:
   folders = seed_dirs(run_dir)
   configs = _seed_configs(folders)
   layout, states = _rebuild(configs)
-  carried = [_carried(state, layout) for state in states]
+  carried = [_carried(state) for state in states]
   if folders == [run_dir] or not all(
       (folder / 'checkpoints').is_dir() for folder in folders):
     arrays, step = _restore_checkpoint(run_dir, carried)

@@ -50,7 +50,7 @@ def _programs(config):
     return steps.stack_seeds(rebuilt[0].states)
 
   state = jax.eval_shape(initial_state)
-  model, layout = rebuilt[0].model, rebuilt[0].layout
+  model = rebuilt[0].model
   together = bool(config.seeds_in_one_step)
   examples = STEPS_PER_EPOCH * config.batch_size
   images = jax.ShapeDtypeStruct((examples, *image_shape), jnp.float32)
@@ -61,7 +61,7 @@ def _programs(config):
   order = jax.ShapeDtypeStruct((1, STEPS_PER_EPOCH, config.batch_size),
                                jnp.int32)
   segment = (index, index) if config.steps_per_call > 1 else (index,)
-  eval_weights = steps.make_eval_weights(None, together, layout)
+  eval_weights = steps.make_eval_weights(None, together)
   return {
       'draw': (jax.jit(lambda key: steps.make_draw(
           config, STEPS_PER_EPOCH)(key, examples)),
