@@ -129,6 +129,8 @@ def test_large_leaf_syncs_chunk_by_chunk_bitwise():
       exact)
 
 
+@pytest.mark.skipif(jax.default_backend() != 'cpu',
+                    reason='the chunked sync is the CPU path')
 def test_sync_branch_needs_no_leaf_sized_temporaries():
   # XLA's CPU runtime allocates a step's temporaries at every execution,
   # sync or not, so the sync branch works in chunks of vectors, inside the

@@ -215,7 +215,9 @@ def test_settings_survive_wrappers_and_jit(wrap):
 
 
 def test_orbax_restores_the_settings_from_the_target(tmp_path):
-  initial = lambda: nn.unbox(_boxed_params())
+  # Jitted: a regenerating function must give the same bits wherever it
+  # runs, and an eager `model.init` differs from a jitted one on a GPU.
+  initial = jax.jit(lambda: nn.unbox(_boxed_params()))
   tx = lp.laperm(optax.adam(0.1), 3, vector_axes=_LAYOUT,
                  initial_params=initial)
   params, state = _train(tx, initial(), 2)
