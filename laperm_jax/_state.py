@@ -148,7 +148,8 @@ def laperm_states(opt_state: optax.OptState) -> list[LaPermState]:
     >>> import jax.numpy as jnp, optax
     >>> import laperm_jax as lp
     >>> tx = optax.chain(optax.clip(1.0), lp.laperm(optax.sgd(1.0), 10))
-    >>> [type(s).__name__ for s in lp.laperm_states(tx.init(jnp.ones((3, 2))))]
+    >>> params = jnp.arange(6.0).reshape(3, 2)
+    >>> [type(s).__name__ for s in lp.laperm_states(tx.init(params))]
     ['LaPermState']
   """
   is_state = lambda x: isinstance(x, LaPermState)
