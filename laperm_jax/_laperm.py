@@ -449,8 +449,9 @@ def _warn_frozen(params, layouts) -> None:
   checked = [(_state.leaf_name(path), leaf, axes)
              for (path, leaf), axes in zip(flat, layouts)
              if axes is not None and not isinstance(leaf, jax.core.Tracer)]
-  constant = _weight_vectors.vectors_are_constant(
-      [leaf for _, leaf, _ in checked], tuple(axes for _, _, axes in checked))
+  constant = _weight_vectors.vectors_hold(
+      'one value', [leaf for _, leaf, _ in checked],
+      tuple(axes for _, _, axes in checked))
   frozen = [name for (name, _, _), is_constant in zip(checked, constant)
             if is_constant]
   if frozen:

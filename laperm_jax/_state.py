@@ -299,8 +299,8 @@ def layouts(where: str, state: LaPermState, params: optax.Params,
   checked = [(leaf, axes) for leaf, axes in zip(held, own)
              if axes is not None and not isinstance(
                  leaf.sorted_values, (jax.core.Tracer, FromInitialParams))]
-  is_sorted = _weight_vectors.vectors_are_sorted(
-      [leaf.sorted_values for leaf, _ in checked],
+  is_sorted = _weight_vectors.vectors_hold(
+      'sorted', [leaf.sorted_values for leaf, _ in checked],
       tuple(axes for _, axes in checked))
   for (leaf, axes), leaf_sorted in zip(checked, is_sorted):
     if not leaf_sorted:

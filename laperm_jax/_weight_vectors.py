@@ -588,37 +588,32 @@ def _ranks(leaf: jax.Array, axes: tuple[int, ...]) -> jax.Array:
                     leaf.shape, axes)
 
 
-def vectors_are_sorted(leaves: list[jax.Array],
-                       layouts: tuple[tuple[int, ...], ...]) -> list[bool]:
-  """Per leaf, whether every weight vector under its layout is ascending."""
+# Tests of a weight vector's rows, by name, for `vectors_hold`.
+_ROW_TESTS = {
+    'sorted': lambda rows: jnp.all(rows[:, 1:] >= rows[:, :-1]),
+    'one value': lambda rows: jnp.all(rows == rows[:, :1]),
+}
+
+
+def vectors_hold(test: str, leaves: list[jax.Array],
+                 layouts: tuple[tuple[int, ...], ...]) -> list[bool]:
+  """Per leaf, whether every weight vector under its layout passes ``test``.
+
+  Args:
+    test: ``'sorted'`` (ascending) or ``'one value'`` (constant).
+    leaves: The leaves, checked in one jitted call.
+    layouts: Their fan-in axes, as :func:`fan_in_axes` gives them.
+
+  Returns:
+    One bool per leaf.
+  """
   if not leaves:
     return []
   return [bool(flag) for flag in jax.device_get(
-      _vectors_are_sorted(leaves, layouts))]
+      _vectors_hold(test, leaves, layouts))]
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _vectors_are_sorted(leaves, layouts):
-  flags = []
-  for leaf, axes in zip(leaves, layouts):
-    rows = _rows(leaf, axes)
-    flags.append(jnp.all(rows[:, 1:] >= rows[:, :-1]))
-  return flags
-
-
-def vectors_are_constant(leaves: list[jax.Array],
-                         layouts: tuple[tuple[int, ...], ...]) -> list[bool]:
-  """Per leaf, whether each of its weight vectors holds one value only."""
-  if not leaves:
-    return []
-  return [bool(flag) for flag in jax.device_get(
-      _vectors_are_constant(leaves, layouts))]
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _vectors_are_constant(leaves, layouts):
-  flags = []
-  for leaf, axes in zip(leaves, layouts):
-    rows = _rows(leaf, axes)
-    flags.append(jnp.all(rows == rows[:, :1]))
-  return flags
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _vectors_hold(test, leaves, layouts):
+  return [_ROW_TESTS[test](_rows(leaf, axes))
+          for leaf, axes in zip(leaves, layouts)]
