@@ -10,6 +10,7 @@ devices resumes on one and the other way round.
 """
 
 import dataclasses
+import math
 import pathlib
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -27,8 +28,8 @@ class Carried(NamedTuple):
     best_params: The best weights on validation so far (as evaluated: for
       LaPerm, synchronized).
     best_batch_stats: The BatchNorm statistics that go with them.
-    previous_kernel: The first kernel at the last evaluation (the A.3
-      monitor's ranking distance is measured from it).
+    previous_kernel: The monitored kernels at the last evaluation (the A.3
+      monitor's ranking distance is measured from them), a tuple.
   """
 
   state: Any
@@ -43,9 +44,13 @@ class Progress:
 
   Attributes:
     history: One dict of metrics per record (see ``train.train_seeds``).
-    best_epoch: The epoch of the best validation accuracy so far.
+    best_epoch: The epoch of the best validation score so far (by
+      ``config.best_by``).
     best_step: Its step.
-    best_val_accuracy: That accuracy (-1 before the first evaluation).
+    best_val_accuracy: The validation accuracy there (-1 before the first
+      evaluation).
+    best_val_loss: The validation loss there (None before the first
+      evaluation).
     monitor: The A.3 monitor entries.
   """
 
@@ -53,7 +58,29 @@ class Progress:
   best_epoch: int = 0
   best_step: int = 0
   best_val_accuracy: float = -1.0
+  best_val_loss: Optional[float] = None
   monitor: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+  def improves(self, val_loss: float, val_accuracy: float,
+               best_by: str) -> bool:
+    """Whether an evaluation beats the best so far.
+
+    Args:
+      val_loss: Its validation loss.
+      val_accuracy: Its validation accuracy.
+      best_by: ``'val_accuracy'`` (higher is better; the paper's choice) or
+        ``'val_loss'`` (lower is better; a language model's).
+
+    Raises:
+      ValueError: An unknown ``best_by``.
+    """
+    if best_by == 'val_accuracy':
+      return val_accuracy > self.best_val_accuracy
+    if best_by == 'val_loss':  # A NaN loss never improves.
+      return val_loss < (math.inf if self.best_val_loss is None
+                         else self.best_val_loss)
+    raise ValueError(f"Unknown best_by {best_by!r}; use 'val_accuracy' or "
+                     "'val_loss'.")
 
   def to_json(self) -> dict[str, Any]:
     return dict(dataclasses.asdict(self),

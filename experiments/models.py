@@ -1,7 +1,7 @@
 """The networks of the paper as Flax Linen modules, and their layer names.
 
-Every module takes NHWC images and a ``train`` flag (dropout, BatchNorm), and
-names its output layer ``head``. Layer sizes follow the paper (Sections 5.1
+Every module takes NHWC images (the language model: byte sequences) and a
+``train`` flag (dropout, BatchNorm), and names its output layer ``head``. Layer sizes follow the paper (Sections 5.1
 to 5.5, Appendix A.3); input sizes adapt to the dataset (28x28x1 MNIST,
 32x32x3 CIFAR-10, 8x8x1 digits), as noted per model.
 
@@ -238,21 +238,25 @@ class CifarResNet(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """A pre-norm Transformer encoder block: attention, then an MLP.
+  """A pre-norm Transformer block: attention, then an MLP.
 
   Attributes:
     num_heads: Attention heads.
     mlp_width: Hidden units of the MLP.
+    causal: Each position attends to itself and earlier ones only (a
+      decoder block).
   """
 
   num_heads: int
   mlp_width: int
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.LayerNorm(name='norm_1')(x)
-    x = x + nn.MultiHeadDotProductAttention(self.num_heads,
-                                            name='attention')(y, y)
+    mask = nn.make_causal_mask(x[..., 0]) if self.causal else None
+    x = x + nn.MultiHeadDotProductAttention(self.num_heads, name='attention')(
+        y, y, mask=mask)
     y = nn.LayerNorm(name='norm_2')(x)
     y = nn.gelu(nn.Dense(self.mlp_width, name='mlp_1')(y))
     return x + nn.Dense(x.shape[-1], name='mlp_2')(y)
@@ -306,13 +310,58 @@ class ViT(nn.Module):
     return nn.Dense(self.num_classes, name='head')(x)
 
 
+class ByteTransformer(nn.Module):
+  """A byte-level decoder-only Transformer language model, not in the paper.
+
+  Token and learned position embeddings (``token_embedding``,
+  ``pos_embedding``, normal 0.02 as in GPT-2), pre-norm causal blocks
+  (``decoder_1``...), a final LayerNorm and an untied output layer ``head``
+  that gives, at every position, the logits of the next byte. Kernels keep
+  Flax's LeCun-normal initializer and biases zeros, as in :class:`ViT`.
+
+  Input: ``(batch, length)`` byte values of any dtype (float tokens from a
+  shape-only trace are cast); ``length`` is at most ``max_length``.
+
+  Attributes:
+    width: Token features.
+    depth: Decoder blocks.
+    num_heads: Attention heads per block.
+    mlp_width: Hidden units of each block's MLP.
+    max_length: Positions of the position embedding.
+    vocab_size: Tokens (256 bytes).
+  """
+
+  width: int = 128
+  depth: int = 2
+  num_heads: int = 4
+  mlp_width: int = 512
+  max_length: int = 128
+  vocab_size: int = 256
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No dropout or BatchNorm.
+    tokens = x.astype(jnp.int32)
+    x = nn.Embed(self.vocab_size, self.width,
+                 embedding_init=nn.initializers.normal(0.02),
+                 name='token_embedding')(tokens)
+    positions = self.param('pos_embedding', nn.initializers.normal(0.02),
+                           (self.max_length, self.width))
+    x = x + positions[:tokens.shape[-1]]
+    for block in range(self.depth):
+      x = EncoderBlock(self.num_heads, self.mlp_width, causal=True,
+                       name=f'decoder_{block + 1}')(x)
+    x = nn.LayerNorm(name='norm')(x)
+    return nn.Dense(self.vocab_size, name='head')(x)
+
+
 def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """Builds the model a config names.
 
   Args:
     config: The ``model`` section of an experiment config: ``name`` (``mlp``,
       ``f1``, ``f2``, ``conv7``, ``conv2``, ``conv4``, ``conv13``,
-      ``resnet``, ``vit``) and the model's options.
+      ``resnet``, ``vit``, ``byte_transformer``) and the model's options.
     num_classes: Classes of the dataset.
 
   Returns:
@@ -344,8 +393,14 @@ def create(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
                num_heads=config.num_heads, mlp_width=config.mlp_width,
                patches_per_side=config.patches_per_side,
                num_classes=num_classes)
+  if name == 'byte_transformer':
+    return ByteTransformer(width=config.width, depth=config.depth,
+                           num_heads=config.num_heads,
+                           mlp_width=config.mlp_width,
+                           max_length=config.max_length,
+                           vocab_size=num_classes)
   raise ValueError(f'Unknown model {name!r}; known: mlp, f1, f2, conv7, '
-                   f'{", ".join(_VGG_STAGES)}, resnet, vit.')
+                   f'{", ".join(_VGG_STAGES)}, resnet, vit, byte_transformer.')
 
 
 _VGG_STAGES = {

@@ -19,7 +19,7 @@ import optax
 import laperm_jax as lp
 from experiments import models
 
-NAMES = ('laperm', 'adam', 'sgd', 'lookahead')
+NAMES = ('laperm', 'adam', 'adamw', 'sgd', 'lookahead')
 
 
 def learning_rate(config: ml_collections.ConfigDict,
@@ -155,7 +155,8 @@ def create(config: ml_collections.ConfigDict, steps_per_epoch: int,
       ``skip_bias=False``), ``gamma_beta_reset`` (LaPerm resets BatchNorm scale and offset to 1
       and 0 at each sync, A.5.6), ``lookahead_sync_period`` and
       ``lookahead_step_size`` (TensorFlow's defaults, 6 and 0.5, in 5.1);
-      ``vector_axes`` (see :func:`weight_vector_layout`).
+      ``vector_axes`` (see :func:`weight_vector_layout`); ``weight_decay``
+      (``adamw``'s, on the kernels only, as is usual for Transformers).
     steps_per_epoch: Train steps in one epoch.
     layout: LaPerm's layout from :func:`weight_vector_layout`: it permutes
       exactly the leaves the layout gives axes. None: the default layout.
@@ -189,6 +190,9 @@ def create(config: ml_collections.ConfigDict, steps_per_epoch: int,
         reset_mask=models.batch_norm_mask if config.gamma_beta_reset else None)
   if config.name == 'adam':
     return optax.adam(schedule)
+  if config.name == 'adamw':
+    return optax.adamw(schedule, weight_decay=config.weight_decay,
+                       mask=_permuted_mask(()))  # The kernels.
   if config.name == 'sgd':
     return optax.sgd(schedule)
   if config.name == 'lookahead':

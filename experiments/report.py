@@ -3,12 +3,13 @@
 Every run has one :class:`RunResult` per seed, written to its
 ``metrics.json``; the table and ``summary.json`` give the mean, standard
 deviation (over seeds, ``ddof=0``), min and max of the validation accuracy
-that picked the best weights, the test accuracy of those weights, and the
-test accuracy of the last weights, and keep every seed's numbers.
+(and loss) of the best weights, the test accuracy (and loss) of those
+weights, and those of the last weights, and keep every seed's numbers.
 """
 
 import dataclasses
 import json
+import math
 import pathlib
 from typing import Any, Sequence
 
@@ -28,11 +29,16 @@ class RunResult:
     history: One dict of metrics per record: at every evaluation and at the
       end of every epoch, with the ``epoch`` (1-based) and ``step`` (steps
       done) it was made at; train metrics are means since the last record.
-    best_epoch: The epoch of the best validation accuracy.
-    best_step: The step of the best validation accuracy.
-    best_val_accuracy: That accuracy.
+    best_epoch: The epoch of the best validation score (accuracy, or loss
+      with ``config.best_by = 'val_loss'``).
+    best_step: Its step.
+    best_val_accuracy: The validation accuracy there.
+    best_val_loss: The validation loss there (mean cross-entropy per label,
+      in nats).
     test_accuracy: Test accuracy of the best weights.
     final_test_accuracy: Test accuracy of the last epoch's weights.
+    test_loss: Test loss of the best weights.
+    final_test_loss: Test loss of the last epoch's weights.
     seconds: Wall time of the run, compilation included; seeds trained
       together share their call's time equally.
     monitor: The A.3 monitor entries (empty unless ``config.monitor``).
@@ -46,8 +52,11 @@ class RunResult:
   best_epoch: int
   best_step: int
   best_val_accuracy: float
+  best_val_loss: float
   test_accuracy: float
   final_test_accuracy: float
+  test_loss: float
+  final_test_loss: float
   seconds: float
   monitor: list[dict[str, Any]]
   state: Any
@@ -67,6 +76,9 @@ def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
       'best_val_accuracy': result.best_val_accuracy,
       'test_accuracy_of_best': result.test_accuracy,
       'final_test_accuracy': result.final_test_accuracy,
+      'best_val_loss': result.best_val_loss,
+      'test_loss_of_best': result.test_loss,
+      'final_test_loss': result.final_test_loss,
       'seconds': result.seconds,
       'monitor': monitor.to_json(result.monitor),
   }, indent=1))
@@ -74,9 +86,20 @@ def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
 _COLUMNS = (('run', 24), ('optimizer', 10), ('seeds', 5), ('best ep', 8),
             ('val acc', 15), ('test acc', 15), ('final test', 15),
             ('seconds', 8))
+_BITS_COLUMNS = (('run', 24), ('optimizer', 10), ('seeds', 5),
+                 ('best step', 9), ('val bpb', 15), ('test bpb', 15),
+                 ('final bpb', 15), ('seconds', 8))
 _METRICS = {'best_val_accuracy': 'best_val_accuracy',
             'test_accuracy_of_best': 'test_accuracy',
             'final_test_accuracy': 'final_test_accuracy'}
+_LOSSES = {'best_val_loss': 'best_val_loss',
+           'test_loss_of_best': 'test_loss',
+           'final_test_loss': 'final_test_loss'}
+
+
+def bits(nats: float) -> float:
+  """A loss in bits: per byte for a byte-level language model."""
+  return nats / math.log(2)
 
 
 def statistics(values: Sequence[float]) -> dict[str, float]:
@@ -94,24 +117,32 @@ def _mean_std(values: Sequence[float]) -> str:
 
 
 def table(results: Sequence[Sequence[RunResult]],
-          optimizer_names: Sequence[str]) -> str:
+          optimizer_names: Sequence[str], *,
+          bits_per_byte: bool = False) -> str:
   """A plain-text table: one row per run, mean +- std over its seeds.
 
   ``test acc`` is the test accuracy of the weights that did best on
   validation, ``final test`` that of the last weights; for LaPerm both are
   measured on exactly synchronized weights. ``best ep`` is the median best
-  epoch; ``seconds`` the wall time of all seeds.
+  epoch; ``seconds`` the wall time of all seeds. With ``bits_per_byte`` (a
+  byte-level language model) the losses in bits per byte take the
+  accuracies' place, and ``best step`` the best epoch's.
   """
-  header = ' '.join(f'{name:>{width}}' for name, width in _COLUMNS)
+  columns, fields = ((_BITS_COLUMNS, _LOSSES) if bits_per_byte
+                     else (_COLUMNS, _METRICS))
+  header = ' '.join(f'{name:>{width}}' for name, width in columns)
   rows = [header, '-' * len(header)]
   for seeds, optimizer in zip(results, optimizer_names):
-    values = (seeds[0].name, optimizer, len(seeds),
-              int(np.median([result.best_epoch for result in seeds])),
-              *(_mean_std([getattr(result, field) for result in seeds])
-                for field in _METRICS.values()),
+    best = [result.best_step if bits_per_byte else result.best_epoch
+            for result in seeds]
+    convert = bits if bits_per_byte else float
+    values = (seeds[0].name, optimizer, len(seeds), int(np.median(best)),
+              *(_mean_std([convert(getattr(result, field))
+                           for result in seeds])
+                for field in fields.values()),
               f'{_seconds(seeds):.1f}')
     rows.append(' '.join(f'{value!s:>{width}}'
-                         for value, (_, width) in zip(values, _COLUMNS)))
+                         for value, (_, width) in zip(values, columns)))
   return '\n'.join(rows)
 
 
@@ -123,7 +154,8 @@ def _seconds(seeds: Sequence[RunResult]) -> float:
 def _per_seed(result: RunResult) -> dict[str, Any]:
   return {'seed': result.seed, 'best_epoch': result.best_epoch,
           'best_step': result.best_step,
-          **{key: getattr(result, field) for key, field in _METRICS.items()},
+          **{key: getattr(result, field)
+             for key, field in {**_METRICS, **_LOSSES}.items()},
           'seconds': result.seconds}
 
 
@@ -135,7 +167,7 @@ def write_summary(results: Sequence[Sequence[RunResult]], preset: str,
       'runs': {seeds[0].name: {
           'seeds': [result.seed for result in seeds],
           **{key: statistics([getattr(result, field) for result in seeds])
-             for key, field in _METRICS.items()},
+             for key, field in {**_METRICS, **_LOSSES}.items()},
           'seconds': _seconds(seeds),
           'per_seed': [_per_seed(result) for result in seeds],
       } for seeds in results},
@@ -159,8 +191,10 @@ def write_figures(results: Sequence[Sequence[RunResult]],
           "Install the 'plots' extra to get them.")
     return []
   written = []
-  monitored = {seeds[0].name: monitor.stack(seeds[0].monitor)
-               for seeds in results if seeds[0].monitor}
+  monitored = {
+      f'{seeds[0].name} {kernel}'.strip(): monitor.stack(entries)
+      for seeds in results
+      for kernel, entries in monitor.by_kernel(seeds[0].monitor).items()}
   if monitored:
     path = out / 'training_monitor.png'
     plots.plot_training_monitor(monitored, path)

@@ -234,8 +234,9 @@ def make_evaluate(model: nn.Module, batch_size: int,
   """The jitted ``(params, batch_stats, images, labels) -> (loss, accuracy)``.
 
   ``params`` and ``batch_stats`` hold a leading seed axis; loss and accuracy
-  are per seed. Batches are scanned over on device; the last one is padded
-  and the padding weighted out. With a ``mesh``, batches are sharded along
+  are per seed, and per label: labels of shape ``(n, length)`` (a language
+  model's next tokens) count each token once. Batches are scanned over on
+  device; the last one is padded and the padding weighted out. With a ``mesh``, batches are sharded along
   its ``'batch'`` axis (their size rounded up to a multiple of its devices).
   """
   def evaluate(params, batch_stats, images, labels):
@@ -246,7 +247,7 @@ def make_evaluate(model: nn.Module, batch_size: int,
     padding = -count % size
     weights = (jnp.arange(count + padding) < count).astype(jnp.float32)
     images = jnp.pad(images, [(0, padding)] + [(0, 0)] * (images.ndim - 1))
-    labels = jnp.pad(labels, (0, padding))
+    labels = jnp.pad(labels, [(0, padding)] + [(0, 0)] * (labels.ndim - 1))
     batches = jax.tree.map(lambda x: x.reshape(-1, size, *x.shape[1:]),
                            (images, labels, weights))
 
@@ -254,8 +255,11 @@ def make_evaluate(model: nn.Module, batch_size: int,
       x, y, w = parallel.shard_batch(mesh, batch)
       logits = model.apply(state_lib.variables(params, batch_stats), x,
                            train=False)
+      # Per example: its label's loss, or the mean over a sequence's labels.
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+      loss, correct = (value.reshape(value.shape[0], -1).mean(1)
+                       for value in (loss, correct))
       return (totals[0] + jnp.sum(loss * w),
               totals[1] + jnp.sum(correct * w)), None
 

@@ -282,10 +282,9 @@ def _set_up(config, seeds, splits, num_classes, workdir, mesh, name
       base_keys=jnp.stack([jax.random.fold_in(jax.random.key(seed), 1)
                            for seed in seeds]))
   params = run.eval_weights(state)
-  kernel_path = models.first_kernel_path(steps.take_seed(params, 0))
   initial = checkpoints.Carried(
       state=state, best_params=params, best_batch_stats=state.batch_stats,
-      previous_kernel=models.get_leaf(params, kernel_path))
+      previous_kernel=_monitored_kernels(config, params))
   return run, initial
 
 
@@ -311,9 +310,9 @@ def _restore_or_start(run: _Run, initial: checkpoints.Carried, manager,
     val_loss, _ = run.evaluate(initial.best_params, initial.state.batch_stats,
                                *run.validation)
     for index, seed_progress in enumerate(progress):
-      seed_progress.monitor.append(monitor.record(
-          0, initial.previous_kernel[index], initial.previous_kernel[index],
-          val_loss[index]))
+      seed_progress.monitor.extend(_monitor_records(
+          run.config, 0, initial.previous_kernel, initial.previous_kernel,
+          index, val_loss[index]))
   return initial, 0, progress
 
 
@@ -358,8 +357,10 @@ def _evaluate_and_keep_best(run: _Run, carried: checkpoints.Carried,
   val_loss, val_accuracy = (np.asarray(value) for value in run.evaluate(
       params, state.batch_stats, *run.validation))
   improved = np.array([
-      accuracy > seed_progress.best_val_accuracy
-      for accuracy, seed_progress in zip(val_accuracy, progress)])
+      seed_progress.improves(float(loss), float(accuracy),
+                             run.config.best_by)
+      for loss, accuracy, seed_progress in zip(val_loss, val_accuracy,
+                                               progress)])
   best_params, best_batch_stats = steps.where_improved(
       improved, (params, state.batch_stats),
       (carried.best_params, carried.best_batch_stats))
@@ -371,15 +372,37 @@ def _evaluate_and_keep_best(run: _Run, carried: checkpoints.Carried,
     if improved[index]:
       seed_progress.best_epoch, seed_progress.best_step = epoch, step
       seed_progress.best_val_accuracy = float(val_accuracy[index])
+      seed_progress.best_val_loss = float(val_loss[index])
   if run.config.monitor:
-    kernel = models.get_leaf(params, models.first_kernel_path(
-        steps.take_seed(params, 0)))
+    kernels = _monitored_kernels(run.config, params)
     for index, seed_progress in enumerate(progress):
-      seed_progress.monitor.append(monitor.record(
-          epoch, kernel[index], carried.previous_kernel[index],
+      seed_progress.monitor.extend(_monitor_records(
+          run.config, epoch, kernels, carried.previous_kernel, index,
           val_loss[index]))
-    carried = carried._replace(previous_kernel=kernel)
+    carried = carried._replace(previous_kernel=kernels)
   return carried
+
+
+def _monitored_kernels(config: ml_collections.ConfigDict,
+                       params: Any) -> tuple[jax.Array, ...]:
+  """The kernels the A.3 monitor follows (``monitor.kernel_paths``), with
+  their seed axis."""
+  return tuple(models.get_leaf(params, path) for path in
+               monitor.kernel_paths(config, steps.take_seed(params, 0)))
+
+
+def _monitor_records(config: ml_collections.ConfigDict, epoch: int,
+                     kernels: Sequence[jax.Array],
+                     previous: Sequence[jax.Array], index: int,
+                     val_loss: float) -> list[dict[str, Any]]:
+  """Seed ``index``'s monitor entries: one per kernel, named if several."""
+  records = []
+  for position, (kernel, before) in enumerate(zip(kernels, previous)):
+    record = monitor.record(epoch, kernel[index], before[index], val_loss)
+    if config.monitor_kernels:
+      record['kernel'] = config.monitor_kernels[position]
+    records.append(record)
+  return records
 
 
 def _results(run: _Run, carried: checkpoints.Carried,
@@ -389,13 +412,13 @@ def _results(run: _Run, carried: checkpoints.Carried,
   test = parallel.put(run.mesh, run.splits['test'])
   best = (carried.best_params, carried.best_batch_stats)
   final = (run.eval_weights(carried.state), carried.state.batch_stats)
-  _, test_accuracy = run.evaluate(*best, *test)
+  test_loss, test_accuracy = run.evaluate(*best, *test)
   # The last evaluation is often the best: its test score is then known.
   if jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), final,
                                best)):
-    final_test_accuracy = test_accuracy
+    final_test_loss, final_test_accuracy = test_loss, test_accuracy
   else:
-    _, final_test_accuracy = run.evaluate(*final, *test)
+    final_test_loss, final_test_accuracy = run.evaluate(*final, *test)
   seconds = (time.perf_counter() - start_time) / len(progress)
   results = []
   for index, (seed_config, seed_progress) in enumerate(
@@ -405,8 +428,11 @@ def _results(run: _Run, carried: checkpoints.Carried,
         best_epoch=seed_progress.best_epoch,
         best_step=seed_progress.best_step,
         best_val_accuracy=seed_progress.best_val_accuracy,
+        best_val_loss=seed_progress.best_val_loss,
         test_accuracy=float(test_accuracy[index]),
         final_test_accuracy=float(final_test_accuracy[index]),
+        test_loss=float(test_loss[index]),
+        final_test_loss=float(final_test_loss[index]),
         seconds=seconds, monitor=seed_progress.monitor,
         state=steps.take_seed(carried.state, index),
         best_params=steps.take_seed(carried.best_params, index))

@@ -11,6 +11,7 @@ from experiments.configs import a3
 from experiments.configs import base
 from experiments.configs import conv
 from experiments.configs import demo
+from experiments.configs import lm
 from experiments.configs import resnet
 from experiments.configs import vit
 from experiments.configs import weight_agnostic
@@ -39,6 +40,7 @@ _REGISTRY: dict[str, Callable[[], Preset]] = {
     'f2': weight_agnostic.f2,
     'f2-size-aware': weight_agnostic.f2_size_aware,
     'vit': vit.vit,
+    'lm': lm.lm,
 }
 
 

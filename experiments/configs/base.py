@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_heads = 4
   config.model.mlp_width = 128
   config.model.patches_per_side = 4
+  config.model.max_length = 128  # Positions of the language model.
 
   # Initial weights of the kernels: 'random' (the model's initializer),
   # 'prune' (Section 5.4) or 'shared_value' (Section 5.5).
@@ -87,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.also_permute = ()  # Leaf names permuted as one vector each.
   config.optimizer.lookahead_sync_period = 6
   config.optimizer.lookahead_step_size = 0.5
+  config.optimizer.weight_decay = 0.0  # AdamW's, on kernels only.
 
   config.l2 = 0.0  # On every kernel but the output layer's (Keras-style sum).
   config.batch_size = 50
@@ -100,6 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seeds_in_one_step = False  # Train several seeds in one jitted step.
   config.checkpoint_every = 1  # Epochs; the last epoch is always saved.
   config.monitor = False  # Record the A.3 monitor of the first kernel.
+  config.monitor_kernels = ()  # Paths ('decoder_1/mlp_1/kernel'): instead.
+  config.best_by = 'val_accuracy'  # Or 'val_loss': what picks best weights.
   config.progress = True
   return config
 

@@ -16,12 +16,14 @@ import orbax.checkpoint as ocp
 
 from experiments import checkpoints
 from experiments import models
+from experiments import monitor
 from experiments import optimizers
 from experiments import state as state_lib
 from experiments import steps
 
 IMAGE_SHAPE = (28, 28, 1)  # Fashion-MNIST.
 NUM_CLASSES = 10
+BYTES = 256  # A byte-level language model's classes.
 
 
 class Restored(NamedTuple):
@@ -80,23 +82,27 @@ def _rebuild(configs: list[ml_collections.ConfigDict]
              ) -> tuple[Optional[Any], list[state_lib.TrainState]]:
   """The run's layout and each seed's initial train state, rebuilt by
   ``state.initial_run`` as training built them (the seeds' configs differ
-  in ``seed`` alone)."""
+  in ``seed`` alone): on Fashion-MNIST, or on a ``text:`` corpus."""
+  text = configs[0].dataset.startswith('text:')
   run = state_lib.initial_run(
       configs[0], [config.seed for config in configs],
-      num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE,
+      num_classes=BYTES if text else NUM_CLASSES,
+      image_shape=(configs[0].sequence_length,) if text else IMAGE_SHAPE,
       # Shapes only: the schedule's length is not stored.
       steps_per_epoch=1)
   return run.layout, run.states
 
 
-def _carried(state: state_lib.TrainState) -> dict[str, Any]:
+def _carried(config: ml_collections.ConfigDict,
+             state: state_lib.TrainState) -> dict[str, Any]:
   """What a checkpoint holds for one seed, at the start of training."""
   eval_params = optimizers.eval_params(state.params, state.opt_state)
   return checkpoints.Carried(
       state=state, best_params=eval_params,
       best_batch_stats=state.batch_stats,
-      previous_kernel=models.get_leaf(
-          eval_params, models.first_kernel_path(eval_params)))._asdict()
+      previous_kernel=tuple(
+          models.get_leaf(eval_params, path)
+          for path in monitor.kernel_paths(config, eval_params)))._asdict()
 
 
 def restore(run_dir: pathlib.Path) -> Restored:
@@ -118,7 +124,7 @@ def restore(run_dir: pathlib.Path) -> Restored:
   folders = seed_dirs(run_dir)
   configs = _seed_configs(folders)
   layout, states = _rebuild(configs)
-  carried = [_carried(state) for state in states]
+  carried = [_carried(config, state) for config, state in zip(configs, states)]
   if folders == [run_dir] or not all(
       (folder / 'checkpoints').is_dir() for folder in folders):
     arrays, step = _restore_checkpoint(run_dir, carried)

@@ -1,0 +1,144 @@
+"""The ``lm`` preset's pieces: a causal byte-level Transformer, its layout,
+its loss in bits per byte, its best weights by validation loss, and text
+generation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import laperm_jax as lp
+from experiments import checkpoints
+from experiments import configs
+from experiments import generate
+from experiments import models
+from experiments import monitor
+from experiments import optimizers
+from experiments import report
+from experiments import steps
+
+TINY = dict(width=16, depth=1, num_heads=2, mlp_width=32, max_length=8)
+
+
+def _tiny_model_and_params(seed=0, **overrides):
+  model = models.ByteTransformer(**{**TINY, **overrides})
+  params = model.init(jax.random.key(seed),
+                      jnp.zeros((1, model.max_length), jnp.int32))['params']
+  return model, params
+
+
+def test_the_model_is_causal():
+  model, params = _tiny_model_and_params()
+  tokens = jnp.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+  changed = tokens.at[0, 5].set(200)
+  before = model.apply({'params': params}, tokens)
+  after = model.apply({'params': params}, changed)
+  assert before.shape == (1, 8, 256)
+  np.testing.assert_array_equal(before[0, :5], after[0, :5])
+  assert not np.array_equal(before[0, 5:], after[0, 5:])
+
+
+def test_the_preset_permutes_every_kernel_by_its_fan_in():
+  config = configs.get('lm').run_config('laperm')
+  config.model.update(TINY)
+  model = models.create(config.model, 256)
+  layout = optimizers.weight_vector_layout(config.optimizer, model, (8,))
+  attention = layout['decoder_1']['attention']
+  assert {name: attention[name]['kernel'] for name in attention} == {
+      'query': (0,), 'key': (0,), 'value': (0,), 'out': (0, 1)}
+  assert layout['decoder_1']['mlp_1']['kernel'] == (0,)
+  assert layout['head']['kernel'] == (0,)
+  # Read by a gather and an addition: no fan-in; the inner optimizer's.
+  assert layout['token_embedding']['embedding'] is lp.NO_FAN_IN
+  assert layout['pos_embedding'] is lp.NO_FAN_IN
+  assert layout['norm']['scale'] is lp.NO_FAN_IN
+
+
+def test_adamw_decays_the_kernels_only():
+  config = configs.get('lm').run_config('adamw')
+  model, params = _tiny_model_and_params()
+  tx = optimizers.create(config.optimizer, steps_per_epoch=1)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  decay = config.optimizer.learning_rate * config.optimizer.weight_decay
+  for path in models.kernel_paths(params):
+    np.testing.assert_allclose(models.get_leaf(updates, path),
+                               -decay * models.get_leaf(params, path),
+                               rtol=1e-6)
+  assert not np.any(updates['token_embedding']['embedding'])
+  assert not np.any(updates['norm']['scale'])
+
+
+@pytest.mark.parametrize('count, batch_size', [(5, 2), (4, 4)])
+def test_evaluation_gives_the_mean_loss_per_byte(count, batch_size):
+  model, params = _tiny_model_and_params()
+  tokens = np.random.default_rng(0).integers(0, 256, (count, 9))
+  inputs, labels = tokens[:, :-1], tokens[:, 1:].astype(np.int32)
+  evaluate = steps.make_evaluate(model, batch_size)
+  loss, accuracy = evaluate(steps.stack_seeds([params]), {},
+                            jnp.asarray(inputs, jnp.float32), labels)
+  # By hand: -log of each next byte's softmax probability, averaged over
+  # every byte of every example.
+  logits = np.asarray(model.apply({'params': params}, inputs), np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nats = -np.take_along_axis(log_probs, labels[..., None], -1).mean()
+  np.testing.assert_allclose(float(loss[0]), nats, rtol=1e-5)
+  assert report.bits(float(loss[0])) == float(loss[0]) / math.log(2)
+  np.testing.assert_allclose(
+      float(accuracy[0]), np.mean(logits.argmax(-1) == labels), rtol=1e-6)
+
+
+def test_best_weights_by_validation_loss():
+  progress = checkpoints.Progress()
+  assert not progress.improves(math.nan, 0.9, 'val_loss')
+  assert progress.improves(2.0, 0.1, 'val_loss')
+  progress.best_val_loss = 2.0
+  assert not progress.improves(2.0, 0.9, 'val_loss')  # Ties keep the first.
+  assert progress.improves(1.5, 0.0, 'val_loss')
+  assert progress.improves(1.0, 0.5, 'val_accuracy')
+  with pytest.raises(ValueError, match="best_by 'loss'"):
+    progress.improves(1.0, 0.5, 'loss')
+
+
+def test_monitored_kernels_are_named_by_path():
+  _, params = _tiny_model_and_params()
+  config = ml_collections.ConfigDict({'monitor_kernels': (
+      'decoder_1/mlp_1/kernel', 'head/kernel')})
+  assert monitor.kernel_paths(config, params) == [
+      ('decoder_1', 'mlp_1', 'kernel'), ('head', 'kernel')]
+  config.monitor_kernels = ('decoder_1/mlp/kernel',)
+  with pytest.raises(ValueError, match=r"\['decoder_1/mlp/kernel'\] name no"):
+    monitor.kernel_paths(config, params)
+  config.monitor_kernels = ()
+  assert monitor.kernel_paths(config, params) == [
+      ('decoder_1', 'attention', 'query', 'kernel')]
+
+
+def _greedy_by_hand(model, params, prompt, length):
+  text = list(prompt)
+  for _ in range(length):
+    window = jnp.array([text[-model.max_length:]])
+    text.append(int(jnp.argmax(model.apply({'params': params}, window)[0, -1])))
+  return bytes(text[len(prompt):])
+
+
+def test_greedy_generation_equals_a_loop_by_hand():
+  # 5 + 12 bytes: the window slides past the 8 positions.
+  model, params = _tiny_model_and_params(seed=3)
+  written = generate.generate(model, params, b'hello', 12, jax.random.key(0))
+  assert written == _greedy_by_hand(model, params, b'hello', 12)
+
+
+def test_sampled_generation_is_reproducible_from_the_key():
+  model, params = _tiny_model_and_params()
+  def write(seed):
+    return generate.generate(model, params, b'The ', 24,
+                             jax.random.key(seed), temperature=1.0)
+  assert write(1) == write(1)
+  assert write(1) != write(2)
+  assert len(write(1)) == 24
+  with pytest.raises(ValueError, match='at least one byte'):
+    generate.generate(model, params, b'', 4, jax.random.key(0))
