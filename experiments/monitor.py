@@ -51,12 +51,12 @@ def _summarize(previous_kernel, kernel):
           lp.ranking_distance(previous_kernel, kernel))
 
 
-def record(epoch: int, kernel: jax.Array, previous_kernel: jax.Array,
-           val_loss: float) -> dict[str, Any]:
-  """One monitor entry, as host values."""
+def record(epoch: int, step: int, kernel: jax.Array,
+           previous_kernel: jax.Array, val_loss: float) -> dict[str, Any]:
+  """One monitor entry, as host values, made after ``step`` steps."""
   statistics, distance = _summarize(previous_kernel, kernel)
   entry = {name: np.asarray(value) for name, value in statistics.items()}
-  entry.update(epoch=epoch, distance_mean=float(distance.mean),
+  entry.update(epoch=epoch, step=step, distance_mean=float(distance.mean),
                distance_std=float(distance.std), val_loss=float(val_loss))
   return entry
 

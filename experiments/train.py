@@ -311,8 +311,8 @@ def _restore_or_start(run: _Run, initial: checkpoints.Carried, manager,
                                *run.validation)
     for index, seed_progress in enumerate(progress):
       seed_progress.monitor.extend(_monitor_records(
-          run.config, 0, initial.previous_kernel, initial.previous_kernel,
-          index, val_loss[index]))
+          run.config, (0, 0), initial.previous_kernel,
+          initial.previous_kernel, index, val_loss[index]))
   return initial, 0, progress
 
 
@@ -377,7 +377,7 @@ def _evaluate_and_keep_best(run: _Run, carried: checkpoints.Carried,
     kernels = _monitored_kernels(run.config, params)
     for index, seed_progress in enumerate(progress):
       seed_progress.monitor.extend(_monitor_records(
-          run.config, epoch, kernels, carried.previous_kernel, index,
+          run.config, (epoch, step), kernels, carried.previous_kernel, index,
           val_loss[index]))
     carried = carried._replace(previous_kernel=kernels)
   return carried
@@ -391,14 +391,16 @@ def _monitored_kernels(config: ml_collections.ConfigDict,
                monitor.kernel_paths(config, steps.take_seed(params, 0)))
 
 
-def _monitor_records(config: ml_collections.ConfigDict, epoch: int,
+def _monitor_records(config: ml_collections.ConfigDict,
+                     epoch_and_step: tuple[int, int],
                      kernels: Sequence[jax.Array],
                      previous: Sequence[jax.Array], index: int,
                      val_loss: float) -> list[dict[str, Any]]:
   """Seed ``index``'s monitor entries: one per kernel, named if several."""
   records = []
   for position, (kernel, before) in enumerate(zip(kernels, previous)):
-    record = monitor.record(epoch, kernel[index], before[index], val_loss)
+    record = monitor.record(*epoch_and_step, kernel[index], before[index],
+                            val_loss)
     if config.monitor_kernels:
       record['kernel'] = config.monitor_kernels[position]
     records.append(record)

@@ -20,6 +20,9 @@ saying so, when its runs are missing):
 - ``vit/``: the ViT study's checks under its derived layout
   (``checks.json``) and its attention heads' weight profiles and ranking
   distances.
+- ``lm/``: the language model's checks (``checks.json``), a text sample of
+  each optimizer's best weights (``samples.json``), validation bits per
+  byte against steps and the ranking-distance monitor of two kernels.
 """
 
 import json
@@ -29,15 +32,19 @@ from typing import Any, Sequence
 import jax
 from matplotlib import figure as figure_lib
 from matplotlib.backends import backend_agg
+import numpy as np
 
 import laperm_jax as lp
 from laperm_jax import plots
+from experiments import generate
+from experiments import models
 from experiments import monitor
+from experiments import report
 from experiments.results import checks as checks_lib
 from experiments.results import restore
 
 DPI = 70
-SECTIONS = ('a3', 'conv', 'prune', 'checks', 'vit')
+SECTIONS = ('a3', 'conv', 'prune', 'checks', 'vit', 'lm')
 
 
 def a3_monitor(runs: pathlib.Path, out: pathlib.Path, study: str,
@@ -246,6 +253,118 @@ def _plot_head_distances(seeds: dict, path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+def lm_results(runs: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
+  """The language model: checks, samples and two figures into ``out/lm``.
+
+  Every seed's LaPerm kernels are checked as the ViT's are
+  (``checks.vit_seed``: exact permutations of the regenerated initial
+  fan-in vectors, the same initial weights as AdamW's). The first seed's
+  best weights of each optimizer continue :data:`SAMPLE_PROMPT` (see
+  :func:`samples`). The figures are drawn from the runs' ``metrics.json``.
+  """
+  run_dirs = {name: runs / 'lm' / name for name in LM_RUNS}
+  if not all(restore.seed_dirs(path) for path in run_dirs.values()):
+    print(f'skip LM: no {" and ".join(map(str, run_dirs.values()))} runs')
+    return []
+  restored = {name: restore.restore(path) for name, path in run_dirs.items()}
+  laperm = restored['laperm']
+  axes = checks_lib.kernel_axes(laperm.layout, laperm.initials[0])
+  checks = {'layout': {name: list(value) for name, value in axes.items()},
+            'checkpoint_step': laperm.step, 'seeds': {}}
+  for config, initial, arrays, adamw_initial in zip(
+      laperm.configs, laperm.initials, laperm.arrays,
+      restored['adamw'].initials):
+    synced = lp.synchronize(arrays['state'].params, arrays['state'].opt_state)
+    checks['seeds'][config.seed] = checks_lib.vit_seed(
+        initial, synced, arrays['best_params'], adamw_initial, axes)
+    print(f'LM seed {config.seed}: exact permutations',
+          checks['seeds'][config.seed]['kernels_exact_permutation_of_initial'])
+  (out / 'lm').mkdir(exist_ok=True)
+  written = [out / 'lm' / 'checks.json', out / 'lm' / 'samples.json']
+  written[0].write_text(json.dumps(checks, indent=1))
+  written[1].write_text(json.dumps(samples(restored), indent=1))
+  metrics = {name: [restore.read_metrics(folder)
+                    for folder in restore.seed_dirs(path)]
+             for name, path in run_dirs.items()}
+  return written + [_plot_bits_per_byte(metrics, out / 'lm'),
+                    _plot_lm_monitor(metrics, out / 'lm')]
+
+
+LM_RUNS = ('laperm', 'adamw')
+SAMPLE_PROMPT = 'The list data type has some more methods. '
+SAMPLE = {'length': 300, 'temperature': 0.8, 'key': 0}
+
+
+def samples(restored: dict[str, restore.Restored]) -> dict[str, Any]:
+  """Each run's first seed's best weights continuing :data:`SAMPLE_PROMPT`:
+  :data:`SAMPLE`'s bytes at its temperature, drawn with its key."""
+  written = {'prompt': SAMPLE_PROMPT, **SAMPLE, 'texts': {}}
+  for name, run in restored.items():
+    model = models.create(run.configs[0].model, restore.BYTES)
+    text = generate.generate(
+        model, run.arrays[0]['best_params'], SAMPLE_PROMPT.encode(),
+        SAMPLE['length'], jax.random.key(SAMPLE['key']),
+        SAMPLE['temperature'])
+    written['texts'][name] = {'seed': run.configs[0].seed,
+                              'text': text.decode('utf-8', 'replace')}
+  return written
+
+
+def _validation_bits(seeds: list[dict[str, Any]]) -> tuple[Any, Any]:
+  """Steps and, per seed, validation bits per byte at each evaluation."""
+  records = [[record for record in metrics['history'] if 'val_loss' in record]
+             for metrics in seeds]
+  steps = np.array([record['step'] for record in records[0]])
+  return steps, np.array([[report.bits(record['val_loss'])
+                           for record in seed] for seed in records])
+
+
+def _plot_bits_per_byte(metrics: dict[str, list[dict[str, Any]]],
+                        directory: pathlib.Path) -> pathlib.Path:
+  """Validation bits per byte against steps: the seeds' mean and range."""
+  figure = figure_lib.Figure(figsize=(6, 3.6), layout='constrained')
+  backend_agg.FigureCanvasAgg(figure)
+  ax = figure.subplots()
+  for name, seeds in metrics.items():
+    steps, bits = _validation_bits(seeds)
+    line, = ax.plot(steps, bits.mean(0), 'o-', markersize=3,
+                    label=f'{name} ({len(seeds)} seeds)')
+    ax.fill_between(steps, bits.min(0), bits.max(0), alpha=0.25,
+                    color=line.get_color())
+  ax.set_xlabel('step')
+  ax.set_ylabel('validation bits per byte')
+  ax.legend()
+  ax.set_title('Byte-level Transformer on Python docs: mean, min-max of seeds',
+               fontsize=9)
+  path = directory / 'validation_bits_per_byte.png'
+  figure.savefig(path, dpi=DPI)
+  return path
+
+
+def _plot_lm_monitor(metrics: dict[str, list[dict[str, Any]]],
+                     directory: pathlib.Path) -> pathlib.Path:
+  """The A.3 monitor's ranking distance between evaluations, per kernel."""
+  kernels = {name: monitor.by_kernel(monitor.from_json(seeds[0]['monitor']))
+             for name, seeds in metrics.items()}
+  names = list(next(iter(kernels.values())))
+  figure = figure_lib.Figure(figsize=(9, 3.4), layout='constrained')
+  backend_agg.FigureCanvasAgg(figure)
+  for ax, kernel in zip(figure.subplots(1, len(names), sharey=True), names):
+    for run, by_kernel in kernels.items():
+      stacked = monitor.stack(by_kernel[kernel][1:])  # From the first eval.
+      ax.errorbar(stacked['step'], stacked['distance_mean'],
+                  yerr=stacked['distance_std'], fmt='o-', markersize=3,
+                  capsize=2, label=run)
+    ax.set_title(kernel.removesuffix('/kernel'), fontsize=9)
+    ax.set_xlabel('step')
+  figure.axes[0].set_ylabel('ranking distance / vector length\n'
+                            'since the last evaluation (mean +- std)')
+  figure.axes[0].legend()
+  path = directory / 'ranking_distance_monitor.png'
+  figure.savefig(path, dpi=DPI)
+  return path
+
+
 def draw(runs: pathlib.Path, out: pathlib.Path,
          sections: Sequence[str] = SECTIONS) -> list[pathlib.Path]:
   """Draws and checks ``sections`` of the runs in ``runs`` into ``out``.
@@ -256,7 +375,7 @@ def draw(runs: pathlib.Path, out: pathlib.Path,
     out: Where the figures and ``checks.json`` go (created if missing).
     sections: Some of :data:`SECTIONS`: ``a3`` (the A.3 monitor and
       profiles), ``conv`` (Conv7's profiles, cycles and checks), ``prune``
-      (the pruning sweep), ``checks`` (every LaPerm run), ``vit``.
+      (the pruning sweep), ``checks`` (every LaPerm run), ``vit``, ``lm``.
 
   Returns:
     The paths written.
@@ -281,6 +400,8 @@ def draw(runs: pathlib.Path, out: pathlib.Path,
     checks['all_laperm_runs'] = checks_lib.all_laperm_runs(runs)
   if 'vit' in sections:
     written += vit_results(runs, out)
+  if 'lm' in sections:
+    written += lm_results(runs, out)
   if checks:
     path = out / 'checks.json'
     path.write_text(json.dumps(checks, indent=1))
