@@ -89,8 +89,8 @@ def parser() -> argparse.ArgumentParser:
   add('preset', nargs='?', type=_parse_preset,
       help='one of: ' + ', '.join(configs.names()))
   add('--list', action='store_true', help='list the presets and exit')
-  add('--dataset', help="'digits' (embedded), 'idx:DIR', or a TFDS name "
-      "(mnist, fashion_mnist, cifar10); default: the preset's")
+  add('--dataset', help="'digits' (embedded), 'idx:DIR', 'text:DIR', or a "
+      "TFDS name (mnist, fashion_mnist, cifar10); default: the preset's")
   add('--data-dir', help="TFDS data_dir holding prepared data (default: "
       "TFDS's, ~/tensorflow_datasets)")
   add('--download', action=argparse.BooleanOptionalAction,

@@ -1,8 +1,9 @@
-"""Image classification data: one interface, three sources.
+"""Classification data: one interface, four sources.
 
 ``load(spec)`` returns a :class:`Dataset` with train, validation and test
-splits of NHWC ``uint8`` images and ``int32`` labels. ``spec`` names the
-source:
+splits of ``uint8`` inputs and ``int32`` labels: NHWC images and their
+classes, or windows of text bytes and the byte after each. ``spec`` names
+the source:
 
 - ``digits``: scikit-learn's 8x8 digits (1797 images, shipped inside the
   package: no network, no system package). The embedded default.
@@ -14,23 +15,37 @@ source:
   ``tfds.data_source`` (no TensorFlow needed); :mod:`experiments.download`
   prepares those of the table where there is network. Adding a dataset in
   a format it parses is one entry in that table.
+- ``text:DIR``: every file under a directory as bytes, for next-byte
+  prediction (:mod:`experiments.text`): examples ``(n, sequence_length)``
+  of bytes, labels the byte after each (256 classes), e.g. the Python
+  documentation's sources that Debian's ``python3.11-doc`` installs
+  (``scripts/get_text_corpus.sh``). Kept as integer tokens: normalize
+  with ``none``.
 
 A source that is not available raises :class:`DataUnavailableError` saying
 how to get it; nothing falls back to another dataset. The validation split
-is held out from the training data (a seeded draw), so best weights are
-picked without looking at the test set.
+of an image source is held out from its training data (a seeded draw), so
+best weights are picked without looking at the test set; a text source
+splits its files into train, validation and test by the hash of their
+paths, so ``validation_size`` does not apply to it
+(:func:`holds_out_validation`).
 """
 
+import contextlib
 import dataclasses
 import difflib
 import gzip
 import pathlib
+from collections.abc import Iterator
 from typing import Any, NamedTuple, Optional
 
 import ml_collections
 import numpy as np
 
+from experiments import text
+
 EMBEDDED = 'digits'
+TEXT_PREFIX = 'text:'
 
 
 class TfdsDataset(NamedTuple):
@@ -71,7 +86,14 @@ class DataUnavailableError(RuntimeError):
 
 
 class Split(NamedTuple):
-  """Images ``(n, height, width, channels)`` and their ``int32`` labels."""
+  """Inputs and their ``int32`` labels.
+
+  Attributes:
+    images: Images ``(n, height, width, channels)``, or text: windows of
+      bytes ``(n, sequence_length)``.
+    labels: Classes ``(n,)``, or for text the byte after each input byte
+      ``(n, sequence_length)``.
+  """
 
   images: np.ndarray
   labels: np.ndarray
@@ -79,15 +101,16 @@ class Split(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A classification dataset with a validation split held out of train.
+  """A classification dataset with a validation split apart from train.
 
   Attributes:
     name: The spec it was loaded from.
     train: The training split (without the validation examples).
-    validation: Held out from the training data; picks the best weights.
+    validation: Held out from the training data (files of its own for
+      text); picks the best weights.
     test: The test split, for the final number only.
-    num_classes: Number of classes.
-    pixel_max: The largest possible pixel value (255; 16 for digits).
+    num_classes: Number of classes (256 byte values for text).
+    pixel_max: The largest possible input value (255; 16 for digits).
   """
 
   name: str
@@ -103,24 +126,32 @@ class Dataset:
 
 
 def load(spec: str, *, data_dir: Optional[str] = None,
-         validation_size: int = 5000, seed: int = 0) -> Dataset:
+         validation_size: int = 5000, seed: int = 0,
+         sequence_length: int = text.DEFAULT_SEQUENCE_LENGTH) -> Dataset:
   """Loads a dataset and holds out a validation split from its training data.
 
   Args:
-    spec: ``digits``, ``idx:DIR``, or a TFDS name (``mnist``,
+    spec: ``digits``, ``idx:DIR``, ``text:DIR``, or a TFDS name (``mnist``,
       ``fashion_mnist``, ``cifar10``, optionally as ``tfds:NAME``).
     data_dir: Where TFDS data is prepared (TFDS's default when None).
-    validation_size: Training examples held out for validation.
-    seed: Seed of the validation draw (and of the digits train/test split).
+    validation_size: Training examples held out for validation; not used
+      by ``text:DIR``, whose validation split is files of its own.
+    seed: Seed of the validation draw (and of the digits train/test split);
+      not used by ``text:DIR``.
+    sequence_length: Bytes per example of ``text:DIR``; not used by the
+      other sources.
 
   Returns:
     The :class:`Dataset`.
 
   Raises:
     DataUnavailableError: The data is not on this machine.
-    ValueError: Unknown spec or a validation split too large.
+    ValueError: Unknown spec, a validation split too large, or a split of
+      a text corpus that makes no example.
   """
   check_spec(spec)
+  if text_directory(spec) is not None:
+    return _load_text(spec, sequence_length)
   if spec == EMBEDDED:
     train, test, pixel_max = _load_digits(seed)
   elif spec.startswith('idx:'):
@@ -150,13 +181,31 @@ def tfds_name(spec: str) -> Optional[str]:
   return spec if spec in TFDS_NAMES else None
 
 
+def text_directory(spec: str) -> Optional[pathlib.Path]:
+  """The corpus directory of a ``text:DIR`` spec; None for other sources."""
+  if spec.startswith(TEXT_PREFIX):
+    return pathlib.Path(spec[len(TEXT_PREFIX):])
+  return None
+
+
+def holds_out_validation(spec: str) -> bool:
+  """Whether ``spec``'s validation split is drawn from its training data.
+
+  True for image sources (``validation_size`` examples of it); False for
+  ``text:DIR``, whose validation split is files of its own.
+  """
+  return text_directory(spec) is None
+
+
 def check_spec(spec: str) -> None:
   """Raises ValueError unless ``spec`` names a source :func:`load` knows."""
-  if spec != EMBEDDED and not spec.startswith('idx:') and not tfds_name(spec):
+  if (spec != EMBEDDED and not spec.startswith('idx:') and
+      not tfds_name(spec) and text_directory(spec) is None):
     raise ValueError(
         f'Unknown dataset {spec!r}: use {EMBEDDED!r} (embedded), '
-        f'"idx:DIR" (MNIST-format IDX .gz files), or one of {TFDS_NAMES} '
-        '(tensorflow-datasets data).')
+        f'"idx:DIR" (MNIST-format IDX .gz files), "text:DIR" (every file '
+        f'under DIR as bytes, for next-byte prediction), or one of '
+        f'{TFDS_NAMES} (tensorflow-datasets data).')
   if spec.startswith('tfds:') and tfds_name(spec) not in TFDS_NAMES:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     known = tfds.list_builders(with_community_datasets=False)
@@ -169,7 +218,8 @@ def check_spec(spec: str) -> None:
 
 
 def train_size(spec: str, *, data_dir: Optional[str] = None,
-               seed: int = 0) -> int:
+               seed: int = 0,
+               sequence_length: int = text.DEFAULT_SEQUENCE_LENGTH) -> int:
   """Training examples of a source, validation included, without its images.
 
   Args:
@@ -177,14 +227,22 @@ def train_size(spec: str, *, data_dir: Optional[str] = None,
     data_dir: Where TFDS data is prepared (TFDS's default when None).
     seed: Seed of the digits train/test split (its size does not depend on
       it).
+    sequence_length: Bytes per example of ``text:DIR``.
 
   Returns:
-    The size of the source's training split.
+    The size of the source's training split; for ``text:DIR`` the examples
+    of its train files alone (its validation files are apart), from the
+    files' sizes.
 
   Raises:
     DataUnavailableError: The data is not on this machine.
   """
   check_spec(spec)
+  directory = text_directory(spec)
+  if directory is not None:
+    with _text_unavailable_error():
+      return text.num_windows(text.split_bytes(directory)['train'],
+                              sequence_length)
   if spec == EMBEDDED:
     return len(_load_digits(seed)[0].labels)
   if spec.startswith('idx:'):
@@ -209,15 +267,24 @@ def normalize(dataset: Dataset, method: str) -> dict[str, Split]:
   """Float32 splits normalized as the paper does, with training statistics.
 
   Args:
-    dataset: A dataset of integer pixels.
+    dataset: A dataset of integer pixels (or bytes).
     method: ``zscore``: subtract the training mean and divide by the
       training standard deviation, per channel (MNIST, Section 5.1; CIFAR-10,
       A.5.3). ``pixel_mean``: scale to [0, 1] and subtract the mean training
       image, per pixel (ResNet, Section 5.4). ``scale``: to [0, 1] only.
+      ``none``: the integers as they are, as ``int32`` (tokens that a model
+      embeds, e.g. text bytes).
 
   Returns:
-    ``{'train': ..., 'validation': ..., 'test': ...}`` with float32 images.
+    ``{'train': ..., 'validation': ..., 'test': ...}`` with float32 images
+    (``int32`` for ``none``).
+
+  Raises:
+    ValueError: Unknown method.
   """
+  if method == 'none':
+    return {name: Split(split.images.astype(np.int32), split.labels)
+            for name, split in _named_splits(dataset)}
   if method == 'zscore':
     train = dataset.train.images.astype(np.float32)
     mean = train.mean(axis=(0, 1, 2))
@@ -229,7 +296,7 @@ def normalize(dataset: Dataset, method: str) -> dict[str, Split]:
     mean, scale = None, np.float32(dataset.pixel_max)
   else:
     raise ValueError(f'Unknown normalization {method!r}; use zscore, '
-                     'pixel_mean or scale.')
+                     'pixel_mean, scale or none.')
 
   def normalized(images: np.ndarray) -> np.ndarray:
     # In place on one float32 copy: the same float32 operations as
@@ -240,18 +307,20 @@ def normalize(dataset: Dataset, method: str) -> dict[str, Split]:
     np.divide(images, scale, out=images)
     return images
 
-  return {
-      name: Split(normalized(split.images), split.labels)
-      for name, split in (('train', dataset.train),
-                          ('validation', dataset.validation),
-                          ('test', dataset.test))
-  }
+  return {name: Split(normalized(split.images), split.labels)
+          for name, split in _named_splits(dataset)}
+
+
+def _named_splits(dataset: Dataset) -> tuple[tuple[str, Split], ...]:
+  return (('train', dataset.train), ('validation', dataset.validation),
+          ('test', dataset.test))
 
 
 def split_source(config: ml_collections.ConfigDict) -> tuple[Any, ...]:
   """The config fields :func:`load_splits` reads: runs that share them share splits."""
   return (config.dataset, config.data_dir, config.validation_size,
-          config.data_seed, config.normalization, config.max_examples)
+          config.data_seed, config.normalization, config.max_examples,
+          config.sequence_length)
 
 
 def load_splits(config: ml_collections.ConfigDict
@@ -260,16 +329,26 @@ def load_splits(config: ml_collections.ConfigDict
 
   Args:
     config: An experiment config: ``dataset``, ``data_dir``,
-      ``validation_size``, ``data_seed``, ``max_examples`` (0 for all) and
-      ``normalization``.
+      ``validation_size``, ``data_seed``, ``max_examples`` (0 for all),
+      ``normalization`` and ``sequence_length`` (text only).
 
   Returns:
     ``({'train': ..., 'validation': ..., 'test': ...}, num_classes,
-    image_shape)``.
+    image_shape)``; for ``text:DIR``, ``image_shape`` is
+    ``(sequence_length,)``.
+
+  Raises:
+    ValueError: A text source with a normalization other than ``none``.
   """
+  if text_directory(config.dataset) is not None and (
+      config.normalization != 'none'):
+    raise ValueError(
+        f'normalization={config.normalization!r}: {config.dataset} holds '
+        "bytes that a model embeds as tokens; use normalization='none'.")
   dataset = load(config.dataset, data_dir=config.data_dir or None,
                  validation_size=config.validation_size,
-                 seed=config.data_seed)
+                 seed=config.data_seed,
+                 sequence_length=config.sequence_length)
   if config.max_examples:
     dataset = take(dataset, config.max_examples)
   return (normalize(dataset, config.normalization), dataset.num_classes,
@@ -287,6 +366,28 @@ def _load_digits(seed: int) -> tuple[Split, Split, float]:
                                        stratify=labels))
   return (Split(train_images, train_labels), Split(test_images, test_labels),
           16.0)
+
+
+@contextlib.contextmanager
+def _text_unavailable_error() -> Iterator[None]:
+  """Raises a corpus that cannot be read as DataUnavailableError."""
+  try:
+    yield
+  except OSError as error:
+    raise DataUnavailableError(
+        f'{error}. A text:DIR source reads every file under DIR; '
+        'scripts/get_text_corpus.sh installs the sources of the Python '
+        "documentation (Debian's python3.11-doc) and prints their "
+        'text:DIR.') from error
+
+
+def _load_text(spec: str, sequence_length: int) -> Dataset:
+  """A text corpus as next-byte examples, split by file (experiments.text)."""
+  with _text_unavailable_error():
+    splits = text.load(text_directory(spec), sequence_length)
+  return Dataset(name=spec, **{name: Split(*examples)
+                               for name, examples in splits.items()},
+                 num_classes=text.NUM_TOKENS, pixel_max=255.0)
 
 
 def read_idx(path: pathlib.Path) -> np.ndarray:

@@ -14,7 +14,9 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import ml_collections
 
+from experiments import data
 from experiments import models
+from experiments import text
 
 # Smoke runs: a few steps on a few examples, with syncs inside them.
 QUICK_OVERRIDES = {'epochs': 2, 'max_examples': 256, 'batch_size': 32,
@@ -34,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.validation_size = 5000
   config.normalization = 'zscore'
   config.max_examples = 0  # Per split; 0 keeps all (smoke runs set it).
+  # Bytes per example of a text source (text:DIR); other sources ignore it.
+  config.sequence_length = text.DEFAULT_SEQUENCE_LENGTH
   config.seed = 0  # Initial weights, batch order, augmentation, dropout.
   config.data_seed = 0  # The validation split drawn from the training data.
   config.devices = 1  # Data-parallel devices; 0 for all local ones.
@@ -203,7 +207,8 @@ def fit_validation(config: ml_collections.ConfigDict, train_size: int, *,
 
   A preset's validation split that does not fit a small dataset (5000 on
   digits' 1497) becomes ``SMALL_VALIDATION_FRACTION`` of its training
-  examples.
+  examples. A source whose validation split is not held out of its
+  training data (``text:DIR``: files of its own) has nothing to fit.
 
   Args:
     config: A run's config; its ``validation_size`` is updated in place.
@@ -212,11 +217,22 @@ def fit_validation(config: ml_collections.ConfigDict, train_size: int, *,
       (a size the user asked for).
 
   Returns:
-    None when the split fits, else a line saying what changed.
+    None when the split fits or the source holds none out, else a line
+    saying what changed.
 
   Raises:
-    ValidationSizeError: The split does not fit and ``scale`` is off.
+    ValidationSizeError: The split does not fit and ``scale`` is off, or
+      ``scale`` is off (a size the user asked for) and the source holds no
+      split out.
   """
+  if not data.holds_out_validation(config.dataset):
+    if scale:
+      return None
+    raise ValidationSizeError(
+        f'validation_size={config.validation_size}: {config.dataset} holds '
+        'no validation split out of its training data; its validation '
+        'split is files of its own (experiments.text), so validation_size '
+        'does not apply')
   if 0 < config.validation_size < train_size:
     return None
   if not scale:
