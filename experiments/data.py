@@ -254,13 +254,25 @@ def train_size(spec: str, *, data_dir: Optional[str] = None,
 
 
 def take(dataset: Dataset, max_examples: int) -> Dataset:
-  """The first ``max_examples`` of every split (for smoke runs)."""
-  def head(split):
-    return Split(split.images[:max_examples], split.labels[:max_examples])
+  """At most ``max_examples`` of every split (smoke runs, a text budget).
 
-  return dataclasses.replace(dataset, train=head(dataset.train),
-                             validation=head(dataset.validation),
-                             test=head(dataset.test))
+  Images: the first ones. Text windows: evenly spaced over the split, so
+  that a budget of windows reads from every file region rather than from
+  the files that sort first.
+  """
+  spread = is_text(dataset.name)
+
+  def subset(split):
+    count = len(split.labels)
+    if count <= max_examples:
+      return split
+    kept = (np.linspace(0, count - 1, max_examples).round().astype(np.int64)
+            if spread else slice(max_examples))
+    return Split(split.images[kept], split.labels[kept])
+
+  return dataclasses.replace(dataset, train=subset(dataset.train),
+                             validation=subset(dataset.validation),
+                             test=subset(dataset.test))
 
 
 def normalize(dataset: Dataset, method: str) -> dict[str, Split]:
