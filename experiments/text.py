@@ -159,6 +159,39 @@ def read_files(directory: PathLike, paths: Iterable[str]) -> bytes:
   return b''.join((directory / path).read_bytes() for path in paths)
 
 
+def examples(contents: dict[str, bytes], sequence_length: int, source: str
+             ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Each split's text as next-byte examples (:func:`windows`).
+
+  Args:
+    contents: Split name -> its text.
+    sequence_length: Bytes per example.
+    source: Where the text comes from, for the error message.
+
+  Returns:
+    Split name -> ``(inputs, labels)``.
+
+  Raises:
+    ValueError: ``sequence_length`` is below 1, or a split's text makes no
+      example (at most ``sequence_length`` bytes).
+  """
+  num_windows(0, sequence_length)  # Checks it.
+  for split, content in contents.items():
+    if num_windows(len(content), sequence_length) == 0:
+      raise ValueError(
+          f'The {split} split of {source} holds {len(content)} bytes, too '
+          f'few for one example of sequence_length + 1 = '
+          f'{sequence_length + 1} bytes.')
+  return {split: windows(content, sequence_length)
+          for split, content in contents.items()}
+
+
+def read_splits(directory: PathLike) -> dict[str, bytes]:
+  """Each split's files concatenated in sorted order (see :func:`split_files`)."""
+  return {split: read_files(directory, paths)
+          for split, paths in split_files(directory).items()}
+
+
 def load(directory: PathLike,
          sequence_length: int = DEFAULT_SEQUENCE_LENGTH
          ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -178,17 +211,7 @@ def load(directory: PathLike,
       ``sequence_length`` bytes).
   """
   num_windows(0, sequence_length)  # Checks it before reading the files.
-  splits = {}
-  for split, paths in split_files(directory).items():
-    content = read_files(directory, paths)
-    if num_windows(len(content), sequence_length) == 0:
-      raise ValueError(
-          f'The {split} split of {directory} makes no example of '
-          f'{sequence_length + 1} bytes: its {len(paths)} files hold '
-          f'{len(content)} bytes. Files are split by the hash of their path '
-          f'(experiments.text); add files or shorten sequence_length.')
-    splits[split] = windows(content, sequence_length)
-  return splits
+  return examples(read_splits(directory), sequence_length, str(directory))
 
 
 def split_record(directory: PathLike) -> dict[str, Any]:

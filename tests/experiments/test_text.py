@@ -159,8 +159,9 @@ def test_a_corpus_that_is_not_there_says_how_to_get_one(tmp_path, make):
 
 def test_an_empty_split_is_named(tmp_path):
   (tmp_path / 'only.txt').write_bytes(b'one file fills one split only' * 9)
-  with pytest.raises(ValueError, match=f'split of {re.escape(str(tmp_path))} makes no '
-                     r'example of 129 bytes: its 0 files hold 0 bytes'):
+  with pytest.raises(ValueError, match=f'split of {re.escape(str(tmp_path))} '
+                     'holds 0 bytes, too few for one example of '
+                     r'sequence_length \+ 1 = 129 bytes'):
     data.load(f'text:{tmp_path}')
 
 
