@@ -187,7 +187,7 @@ def examples(contents: dict[str, bytes], sequence_length: int, source: str
 
 
 def read_splits(directory: PathLike) -> dict[str, bytes]:
-  """Each split's files concatenated in sorted order (see :func:`split_files`)."""
+  """Each split's files, concatenated in sorted order (:func:`split_files`)."""
   return {split: read_files(directory, paths)
           for split, paths in split_files(directory).items()}
 
@@ -251,7 +251,7 @@ def write_split_record(directory: PathLike, path: PathLike) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  """``python -m experiments.text split DIR [--out FILE]``: the split's sizes."""
+  """``python -m experiments.text split DIR [--out FILE]``: split sizes."""
   cli = argparse.ArgumentParser(
       prog='python -m experiments.text',
       description='The train/validation/test split of a text corpus.')

@@ -135,7 +135,7 @@ def test_sequence_length_decides_the_splits(corpus):
 def test_validation_size_does_not_apply_to_text(corpus):
   directory, _ = corpus
   config = _config(directory, validation_size=5000)
-  assert not data.holds_out_validation(config.dataset)
+  assert data.is_text(config.dataset)
   assert base.fit_validation(config, 10) is None
   assert config.validation_size == 5000
   with pytest.raises(base.ValidationSizeError, match='files of its own'):
@@ -152,8 +152,9 @@ def test_a_corpus_that_is_not_there_says_how_to_get_one(tmp_path, make):
   spec = f'text:{directory}'
   data.check_spec(spec)
   for load in (lambda: data.load(spec), lambda: data.train_size(spec)):
-    with pytest.raises(data.DataUnavailableError,
-                       match=f'{re.escape(str(directory))}.*get_text_corpus.sh'):
+    with pytest.raises(
+        data.DataUnavailableError,
+        match=f'{re.escape(str(directory))}.*get_text_corpus.sh'):
       load()
 
 
