@@ -168,6 +168,7 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
   for config in by_name.values():
     try:
       data.check_spec(config.dataset)
+      data.check_normalization(config.dataset, config.normalization)
     except ValueError as error:
       raise UsageError(str(error)) from error
     if config.epochs < 1:

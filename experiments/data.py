@@ -230,6 +230,18 @@ def check_spec(spec: str) -> None:
                                     if close else ''))
 
 
+def check_normalization(spec: str, method: str) -> None:
+  """Raises ValueError unless ``method`` suits ``spec``: ``none`` for text.
+
+  Text sources hold bytes that a model embeds as tokens; scaling them as
+  pixels would make them meaningless.
+  """
+  if is_text(spec) and method != 'none':
+    raise ValueError(
+        f'normalization={method!r}: {spec} holds bytes that a model embeds '
+        "as tokens; use normalization='none'.")
+
+
 def train_size(spec: str, *, data_dir: Optional[str] = None,
                seed: int = 0,
                sequence_length: int = text.DEFAULT_SEQUENCE_LENGTH) -> int:
@@ -356,10 +368,7 @@ def load_splits(config: ml_collections.ConfigDict
   Raises:
     ValueError: A text source with a normalization other than ``none``.
   """
-  if is_text(config.dataset) and config.normalization != 'none':
-    raise ValueError(
-        f'normalization={config.normalization!r}: {config.dataset} holds '
-        "bytes that a model embeds as tokens; use normalization='none'.")
+  check_normalization(config.dataset, config.normalization)
   dataset = load(config.dataset, data_dir=config.data_dir or None,
                  validation_size=config.validation_size,
                  seed=config.data_seed,
