@@ -114,8 +114,8 @@ class Dataset:
   Attributes:
     name: The spec it was loaded from.
     train: The training split (without the validation examples).
-    validation: Held out from the training data (files of its own for
-      text); picks the best weights.
+    validation: Held out from the training data (for text, a split of its
+      own); picks the best weights.
     test: The test split, for the final number only.
     num_classes: Number of classes (256 byte values for text).
     pixel_max: The largest possible input value (255; 16 for digits).
@@ -265,7 +265,7 @@ def train_size(spec: str, *, data_dir: Optional[str] = None,
   check_spec(spec)
   directory = text_directory(spec)
   if directory is not None:
-    with _text_unavailable_error():
+    with _unavailable_if_unreadable():
       return text.num_windows(text.split_bytes(directory)['train'],
                               sequence_length)
   if is_text(spec):
@@ -362,7 +362,7 @@ def load_splits(config: ml_collections.ConfigDict
 
   Returns:
     ``({'train': ..., 'validation': ..., 'test': ...}, num_classes,
-    image_shape)``; for ``text:DIR``, ``image_shape`` is
+    image_shape)``; for a text source, ``image_shape`` is
     ``(sequence_length,)``.
 
   Raises:
@@ -393,7 +393,7 @@ def _load_digits(seed: int) -> tuple[Split, Split, float]:
 
 
 @contextlib.contextmanager
-def _text_unavailable_error() -> Iterator[None]:
+def _unavailable_if_unreadable() -> Iterator[None]:
   """Raises a corpus that cannot be read as DataUnavailableError."""
   try:
     yield
@@ -413,7 +413,7 @@ def _load_text(spec: str, data_dir: Optional[str], sequence_length: int
     splits = text.examples(_tfds_texts(tfds_name(spec), data_dir),
                            sequence_length, spec)
   else:
-    with _text_unavailable_error():
+    with _unavailable_if_unreadable():
       splits = text.load(directory, sequence_length)
   return Dataset(name=spec, **{name: Split(*examples)
                                for name, examples in splits.items()},

@@ -7,10 +7,10 @@ images with ``tf.image.encode_png``. The builders here are the registered
 ones (same name, version and features, so ``tfds.data_source`` reads what
 they write) with only the parsing replaced: ``gzip``, ``tarfile``, NumPy
 and Python's ``open`` read the downloaded files and Pillow hands over the
-images. TFDS still downloads the
-files (with ``requests``, which honours ``HTTPS_PROXY``) and checks them
-against its registered checksums. Other TFDS datasets need their stock
-builder, hence TensorFlow: ``tfds build NAME --file_format=array_record``.
+images. TFDS still downloads the files (with ``requests``, which honours
+``HTTPS_PROXY``) and checks them against its registered checksums. Other
+TFDS datasets need their stock builder, hence TensorFlow: ``tfds build
+NAME --file_format=array_record``.
 
 :func:`prepare` decides whether to download. Prepared data is used as it
 is. Otherwise, by default, it downloads if the download host (or the proxy)

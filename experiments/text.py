@@ -10,10 +10,11 @@ sources of the Python documentation, in
 directory alone: the first 8 bytes of the SHA-256 of that path (as POSIX
 text, its file-system bytes) read as a big-endian integer and divided by
 2**64 give a number in [0, 1); the file is in ``train`` below 0.9,
-``validation`` below 0.95, else ``test`` (:data:`SPLIT_FRACTIONS`). So the
-fractions hold by count of files, in expectation; no file is cut between
-splits; the split is the same on every machine; and adding, removing or
-editing a file moves no other file. :func:`split_record` writes it down
+``validation`` below 0.95, else ``test`` (:data:`SPLIT_BOUNDS`). So the
+splits hold 90%, 5% and 5% of the files in expectation (not exactly, nor
+of the bytes); no file is cut between splits; the split is the same on
+every machine; and adding, removing or editing a file moves no other
+file. :func:`split_record` writes it down
 with each file's size and SHA-256.
 
 **Examples.** A split's files are concatenated in sorted order of their
@@ -24,7 +25,8 @@ are the inputs (``uint8``), its last ``sequence_length`` the labels
 boundary between two files, with no separator between them (every byte
 value is a token; none is free to mark the end of a file). The tail of the
 concatenation, fewer than ``sequence_length + 1`` bytes, is dropped. The
-first byte of each window is an input only, never a label.
+first byte of each window is an input only, never a label: a split's labels
+are ``sequence_length`` of every ``sequence_length + 1`` of its bytes.
 """
 
 import argparse
@@ -38,15 +40,16 @@ from typing import Any, Optional, Union
 import numpy as np
 
 SPLITS = ('train', 'validation', 'test')
-# A file's split: the first whose cumulative fraction exceeds its hash.
-SPLIT_FRACTIONS = {'train': 0.9, 'validation': 0.05, 'test': 0.05}
+# A file's split: the first whose bound exceeds the position its path
+# hashes to, else the last (test).
+SPLIT_BOUNDS = {'train': 0.9, 'validation': 0.95}
 DEFAULT_SEQUENCE_LENGTH = 128
 NUM_TOKENS = 256  # Byte values.
 SPLIT_RULE = (
-    'A file is in train, validation or test as the first 8 bytes of the '
-    'SHA-256 of its path relative to the directory (POSIX, file-system '
-    'bytes), read big-endian and divided by 2**64, fall below 0.9, below '
-    '0.95, or not.')
+    'The first 8 bytes of the SHA-256 of a file\'s path relative to the '
+    'directory (POSIX, file-system bytes), read as a big-endian integer and '
+    'divided by 2**64: below {train} the file is in train, below '
+    '{validation} in validation, else in test.').format(**SPLIT_BOUNDS)
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,12 +89,8 @@ def split_of(relative_path: str) -> str:
   """The split of the file at ``relative_path`` (see the module docstring)."""
   digest = hashlib.sha256(os.fsencode(relative_path)).digest()
   position = int.from_bytes(digest[:8], 'big') / 2**64
-  bound = 0.0
-  for split in SPLITS[:-1]:
-    bound += SPLIT_FRACTIONS[split]
-    if position < bound:
-      return split
-  return SPLITS[-1]
+  return next((split for split, bound in SPLIT_BOUNDS.items()
+               if position < bound), SPLITS[-1])
 
 
 def split_files(directory: PathLike) -> dict[str, list[str]]:
@@ -221,13 +220,13 @@ def split_record(directory: PathLike) -> dict[str, Any]:
     directory: The corpus.
 
   Returns:
-    A JSON-ready dict: ``directory``, ``rule``, ``fractions``, and per split
+    A JSON-ready dict: ``directory``, ``rule``, ``bounds``, and per split
     its number of ``files``, ``bytes``, the ``sha256`` of its files
     concatenated in order (what :func:`load` cuts into examples) and
     ``entries``, each file's ``path``, ``bytes`` and ``sha256``.
   """
   record = {'directory': str(directory), 'rule': SPLIT_RULE,
-            'fractions': SPLIT_FRACTIONS, 'splits': {}}
+            'bounds': SPLIT_BOUNDS, 'splits': {}}
   for split, paths in split_files(directory).items():
     concatenated = hashlib.sha256()
     entries = []
