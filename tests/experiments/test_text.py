@@ -4,6 +4,7 @@ import hashlib
 import json
 import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def _config(directory, **overrides):
   return config
 
 
-def test_files_are_split_disjointly_and_deterministically(corpus):
+def test_files_are_split_disjointly_and_deterministically(corpus, tmp_path):
   directory, written = corpus
   splits = text.split_files(directory)
   assert tuple(splits) == text.SPLITS
@@ -55,6 +56,9 @@ def test_files_are_split_disjointly_and_deterministically(corpus):
   assert sorted(listed) == sorted(written)  # Every file, each once.
   assert all(paths == sorted(paths) for paths in splits.values())
   assert text.split_files(directory) == splits
+  # Relative paths decide, wherever the corpus lies.
+  elsewhere = shutil.copytree(directory, tmp_path / 'elsewhere')
+  assert text.split_files(elsewhere) == splits
   for split, paths in splits.items():
     assert {text.split_of(path) for path in paths} == {split}
 
@@ -64,6 +68,7 @@ def test_adding_a_file_moves_no_other_file(corpus):
   before = text.split_files(directory)
   (directory / 'part0' / 'new.rst.txt').write_bytes(b'added')
   after = text.split_files(directory)
+  assert sum('part0/new.rst.txt' in paths for paths in after.values()) == 1
   for split in text.SPLITS:
     assert [p for p in after[split] if p != 'part0/new.rst.txt'] == (
         before[split])
