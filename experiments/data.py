@@ -219,6 +219,8 @@ def check_spec(spec: str) -> None:
         f'"idx:DIR" (MNIST-format IDX .gz files), "text:DIR" (every file '
         f'under DIR as bytes, for next-byte prediction), or one of '
         f'{TFDS_NAMES} (tensorflow-datasets data).')
+  if spec == TEXT_PREFIX:
+    raise ValueError(f'{spec!r} names no directory: use "text:DIR".')
   if spec.startswith('tfds:') and tfds_name(spec) not in TFDS_NAMES:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     known = tfds.list_builders(with_community_datasets=False)

@@ -174,6 +174,8 @@ def test_an_empty_split_is_named(tmp_path):
 def test_unknown_specs_list_the_text_source():
   with pytest.raises(ValueError, match='"text:DIR"'):
     data.check_spec('txt:somewhere')
+  with pytest.raises(ValueError, match="'text:' names no directory"):
+    data.check_spec('text:')
 
 
 def test_the_split_record_lists_every_file_and_its_checksum(corpus,
