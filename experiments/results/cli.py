@@ -7,7 +7,9 @@
   python -m experiments.results notebooks             # the README's figures
 
 Run from the repository root: ``figures`` reads and writes the folders it
-is given, relative to the working directory.
+is given, relative to the working directory. ``figures`` is imported only
+when it runs: it needs JAX, Flax, orbax and matplotlib, which ``tables``
+does not.
 """
 
 import argparse
@@ -15,7 +17,6 @@ import pathlib
 from typing import Optional, Sequence
 
 from experiments.results import collect
-from experiments.results import figures
 from experiments.results import notebooks
 from experiments.results import pages
 
@@ -31,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
       'tables', help='render the tables of docs/RESULTS.md and README.md '
       'from docs/results/')
   tables.add_argument('--check', action='store_true',
-                      help='change nothing; exit 1 if a page differs')
+                      help='change nothing; exit 1 if a page or a run file '
+                      'differs from what the pages were rendered from')
   tables.add_argument('--collect', type=pathlib.Path, metavar='RUNS',
                       help='first copy the run files of every study in RUNS')
   tables.add_argument('--results', type=pathlib.Path, default=pages.RESULTS,
@@ -46,8 +48,9 @@ def parser() -> argparse.ArgumentParser:
                      default=pathlib.Path('runs/results'))
   drawn.add_argument('--out', type=pathlib.Path,
                      default=pathlib.Path('docs/results'))
-  drawn.add_argument('--sections', nargs='+', choices=figures.SECTIONS,
-                     default=figures.SECTIONS, help='what to draw and check')
+  drawn.add_argument('--sections', nargs='+',
+                     help='what to draw and check (default: all; see '
+                     'figures.SECTIONS)')
   readme = commands.add_parser(
       'notebooks', help="run notebooks 01-02 and copy the README's figures")
   readme.add_argument('--out', type=pathlib.Path,
@@ -63,22 +66,23 @@ def _tables(args: argparse.Namespace) -> int:
   """Collects, then renders or checks the pages' tables; the exit status."""
   if args.collect:
     print('collected:', ', '.join(collect.collect(args.collect, args.results)))
-  stale = pages.update(args.pages, args.results, check=args.check)
-  for page in stale:
-    print(f'{page}: {"differs from" if args.check else "rewritten from"} '
-          f'{args.results}')
-  return 1 if stale and args.check else 0
+  differ = pages.update(args.pages, args.results, check=args.check)
+  for line in differ:
+    print(line)
+  return 1 if differ and args.check else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs one subcommand.
 
-  Bad input (a page without marked tables, a table without its runs) stops
-  with one ``error:`` line and exit status 2, as argparse does.
+  Bad input (a page without marked tables, a table without its runs, a
+  file under the results that no table declares, a summary that its seed
+  files do not give, an unknown figure section) stops with one ``error:``
+  message and exit status 2, as argparse does.
 
   Returns:
-    The exit status: 1 when ``tables --check`` finds a page that differs
-    from its run files, else 0.
+    The exit status: 1 when ``tables --check`` finds a page or a run file
+    that differs from what the pages were rendered from, else 0.
   """
   cli = parser()
   args = cli.parse_args(argv)
@@ -88,7 +92,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as error:
       cli.error(str(error))
   if args.command == 'figures':
-    written = figures.draw(args.runs, args.out, args.sections)
+    from experiments.results import figures  # pylint: disable=g-import-not-at-top
+    sections = args.sections or figures.SECTIONS
+    unknown = sorted(set(sections) - set(figures.SECTIONS))
+    if unknown:
+      cli.error(f'unknown sections {unknown}; known: {list(figures.SECTIONS)}')
+    written = figures.draw(args.runs, args.out, sections)
   else:
     written = notebooks.draw_readme_figures(args.out, args.settings)
   for path in written:
