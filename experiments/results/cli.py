@@ -7,9 +7,7 @@
   python -m experiments.results notebooks             # the README's figures
 
 Run from the repository root: ``figures`` reads and writes the folders it
-is given, relative to the working directory. ``figures`` is imported only
-when it runs: it needs JAX, Flax, orbax and matplotlib, which ``tables``
-does not.
+is given, relative to the working directory.
 """
 
 import argparse
@@ -17,6 +15,7 @@ import pathlib
 from typing import Optional, Sequence
 
 from experiments.results import collect
+from experiments.results import figures
 from experiments.results import notebooks
 from experiments.results import pages
 
@@ -48,9 +47,8 @@ def parser() -> argparse.ArgumentParser:
                      default=pathlib.Path('runs/results'))
   drawn.add_argument('--out', type=pathlib.Path,
                      default=pathlib.Path('docs/results'))
-  drawn.add_argument('--sections', nargs='+',
-                     help='what to draw and check (default: all; see '
-                     'figures.SECTIONS)')
+  drawn.add_argument('--sections', nargs='+', choices=figures.SECTIONS,
+                     default=figures.SECTIONS, help='what to draw and check')
   readme = commands.add_parser(
       'notebooks', help="run notebooks 01-02 and copy the README's figures")
   readme.add_argument('--out', type=pathlib.Path,
@@ -75,10 +73,11 @@ def _tables(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs one subcommand.
 
-  Bad input (a page without marked tables, a table without its runs, a
-  file under the results that no table declares, a summary that its seed
-  files do not give, an unknown figure section) stops with one ``error:``
-  message and exit status 2, as argparse does.
+  Bad input (a page without marked tables, a table without its runs)
+  stops with one ``error:`` message and exit status 2, as argparse does;
+  so do run files that no page can be rendered from (a file that no table
+  declares, a summary that its seed files do not give), which
+  ``tables --check`` lists among its differences instead.
 
   Returns:
     The exit status: 1 when ``tables --check`` finds a page or a run file
@@ -92,12 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as error:
       cli.error(str(error))
   if args.command == 'figures':
-    from experiments.results import figures  # pylint: disable=g-import-not-at-top
-    sections = args.sections or figures.SECTIONS
-    unknown = sorted(set(sections) - set(figures.SECTIONS))
-    if unknown:
-      cli.error(f'unknown sections {unknown}; known: {list(figures.SECTIONS)}')
-    written = figures.draw(args.runs, args.out, sections)
+    written = figures.draw(args.runs, args.out, args.sections)
   else:
     written = notebooks.draw_readme_figures(args.out, args.settings)
   for path in written:
