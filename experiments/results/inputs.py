@@ -82,13 +82,19 @@ class Folder:
 
     Raises:
       FileNotFoundError: The study's folder holds no ``summary.json``.
+      ValueError: The summary names no seeds of its runs.
     """
     if not (self.root / study).is_dir():
       return {}
-    if not (self.root / study / SUMMARY).is_file():
+    path = self.root / study / SUMMARY
+    if not path.is_file():
       raise FileNotFoundError(f'{self.root / study}: no {SUMMARY} (it names '
                               'the runs and seeds of the study)')
-    runs = self.read(f'{study}/{SUMMARY}')['runs']
+    summary = self.read(f'{study}/{SUMMARY}')
+    runs = summary.get('runs') if isinstance(summary, dict) else None
+    if not (isinstance(runs, dict) and runs and all(
+        isinstance(run, dict) and run.get('seeds') for run in runs.values())):
+      raise ValueError(f'{path}: "runs" does not name each run\'s "seeds"')
     return {name: ([f'{study}/{name}/{METRICS}'] if len(run['seeds']) == 1
                    else [f'{study}/{name}/seed-{seed}/{METRICS}'
                          for seed in run['seeds']])
@@ -137,8 +143,9 @@ class Inputs:
       ValueError: The table does not declare ``name``.
     """
     self._declared(name, self._files)
-    return self._folder.read(name) if (self._folder.root / name).is_file() \
-        else None
+    if not (self._folder.root / name).is_file():
+      return None
+    return self._folder.read(name)
 
 
 def listed(folder: Folder) -> list[str]:

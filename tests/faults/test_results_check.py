@@ -151,6 +151,25 @@ def test_a_missing_seed_file_fails_naming_it(copy, capsys):
           'f2/summary.json but missing') in out
 
 
+@pytest.mark.parametrize('content, error', [
+    (None, 'f1: no summary.json'),
+    ('{"runs": {"laperm": {}}}', 'f1/summary.json: "runs" does not name'),
+    ('{"runs"', 'f1/summary.json: not JSON'),
+])
+def test_a_study_without_a_sound_summary_is_an_error(copy, capsys, content,
+                                                     error):
+  results, arguments = copy
+  summary = results / 'f1' / 'summary.json'
+  summary.unlink()
+  if content is not None:
+    summary.write_text(content)
+  for check in ([], ['--check']):
+    with pytest.raises(SystemExit) as exit_info:
+      results_cli.main([*arguments, *check])
+    assert exit_info.value.code == 2
+    assert f'error: {results}/{error}' in capsys.readouterr().err
+
+
 def test_a_table_reads_only_what_it_declares(monkeypatch):
   folder = inputs.Folder(_RESULTS)
   start = f'{pages_lib.GENERATED} -->\n'
