@@ -89,6 +89,15 @@ def test_a_millionth_on_any_number_fails(copy, capsys, file, keys, named):
   assert _written(results, arguments) == before
 
 
+def test_a_file_reformatted_fails_though_its_values_are_the_same(copy,
+                                                                 capsys):
+  results, arguments = copy
+  path = results / 'f1' / 'laperm' / 'seed-9' / 'metrics.json'
+  path.write_text(json.dumps(json.loads(path.read_text()), indent=2))
+  assert (f'{path}: its bytes differ from those the pages were rendered '
+          'from, its values do not (formatting)') in _check(arguments, capsys)
+
+
 def test_an_edited_summary_fails_naming_its_key(copy, capsys):
   results, arguments = copy
   before = _written(results, arguments)
