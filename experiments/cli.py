@@ -90,14 +90,16 @@ def parser() -> argparse.ArgumentParser:
       help='one of: ' + ', '.join(configs.names()))
   add('--list', action='store_true', help='list the presets and exit')
   add('--dataset', help="'digits' (embedded), 'idx:DIR', 'text:DIR', or a "
-      "TFDS name (mnist, fashion_mnist, cifar10); default: the preset's")
+      "TFDS name (mnist, fashion_mnist, cifar10, tiny_shakespeare); "
+      "default: the preset's")
   add('--data-dir', help="TFDS data_dir holding prepared data (default: "
       "TFDS's, ~/tensorflow_datasets)")
   add('--download', action=argparse.BooleanOptionalAction,
       help='download and prepare a TFDS dataset (mnist, fashion_mnist, '
-      'cifar10) missing from --data-dir, without checking the network first '
-      '(TFDS retries for minutes where there is none); default: if its '
-      f'download host answers within {download.CHECK_TIMEOUT:g} s, else '
+      'cifar10, tiny_shakespeare) missing from --data-dir, without checking '
+      'the network first (TFDS retries for minutes where there is none); '
+      f'default: if its download host answers within '
+      f'{download.CHECK_TIMEOUT:g} s, else '
       'stop at once')
   add('--out', type=pathlib.Path,
       help='output directory (default: runs/PRESET-TIMESTAMP)')
@@ -166,6 +168,7 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
   for config in by_name.values():
     try:
       data.check_spec(config.dataset)
+      data.check_normalization(config.dataset, config.normalization)
     except ValueError as error:
       raise UsageError(str(error)) from error
     if config.epochs < 1:

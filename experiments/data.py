@@ -1,4 +1,4 @@
-"""Classification data: one interface, four sources.
+"""Classification data: one interface, images and text from four sources.
 
 ``load(spec)`` returns a :class:`Dataset` with train, validation and test
 splits of ``uint8`` inputs and ``int32`` labels: NHWC images and their
@@ -10,25 +10,28 @@ the source:
 - ``idx:DIR``: a directory of MNIST-format IDX ``.gz`` files, e.g. Debian's
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 - a name of :data:`TFDS_DATASETS` (``mnist``, ``fashion_mnist``,
-  ``cifar10``), or ``tfds:NAME`` for any other: a tensorflow-datasets
-  dataset prepared as ``array_record`` under ``data_dir``, read with
-  ``tfds.data_source`` (no TensorFlow needed); :mod:`experiments.download`
-  prepares those of the table where there is network. Adding a dataset in
-  a format it parses is one entry in that table.
-- ``text:DIR``: every file under a directory as bytes, for next-byte
-  prediction (:mod:`experiments.text`): examples ``(n, sequence_length)``
-  of bytes, labels the byte after each (256 classes), e.g. the Python
+  ``cifar10``; ``tiny_shakespeare``, text), or ``tfds:NAME`` for any other
+  image dataset: a tensorflow-datasets dataset prepared as
+  ``array_record`` under ``data_dir``, read with ``tfds.data_source`` (no
+  TensorFlow needed); :mod:`experiments.download` prepares those of the
+  table where there is network. Adding a dataset in a format it parses is
+  one entry in that table.
+- ``text:DIR``: every file under a directory as bytes, split into train,
+  validation and test by file (:mod:`experiments.text`), e.g. the Python
   documentation's sources that Debian's ``python3.11-doc`` installs
-  (``scripts/get_text_corpus.sh``). Kept as integer tokens: normalize
-  with ``none``.
+  (``scripts/get_text_corpus.sh``).
+
+Text (``text:DIR``, ``tiny_shakespeare``) is for next-byte prediction:
+examples are windows of ``sequence_length`` bytes, ``(n,
+sequence_length)``, and their labels the byte after each (256 classes);
+keep them as integer tokens with the normalization ``none``.
 
 A source that is not available raises :class:`DataUnavailableError` saying
 how to get it; nothing falls back to another dataset. The validation split
 of an image source is held out from its training data (a seeded draw), so
-best weights are picked without looking at the test set; a text source
-splits its files into train, validation and test by the hash of their
-paths, so ``validation_size`` does not apply to it
-(:func:`holds_out_validation`).
+best weights are picked without looking at the test set; a text source has
+a validation split of its own (files of a directory, the TFDS builder's
+split), so ``validation_size`` does not apply to it (:func:`is_text`).
 """
 
 import contextlib
@@ -52,12 +55,13 @@ class TfdsDataset(NamedTuple):
   """A tensorflow-datasets dataset that the presets can name.
 
   Attributes:
-    builder: The registered TFDS builder class, as
-      ``MODULE.CLASS`` under ``tensorflow_datasets.image_classification``.
+    builder: The registered TFDS builder class, as ``MODULE.CLASS`` under
+      ``tensorflow_datasets``.
     file_format: How its downloaded files are laid out, which decides how
       :mod:`experiments.download` parses them without TensorFlow: ``idx``
-      (MNIST's four gzipped IDX files) or ``cifar`` (CIFAR-10's binary
-      archive).
+      (MNIST's four gzipped IDX files), ``cifar`` (CIFAR-10's binary
+      archive) or ``text`` (one text file that the builder cuts into
+      train, validation and test; a text source).
   """
 
   builder: str
@@ -67,9 +71,13 @@ class TfdsDataset(NamedTuple):
 # The datasets a spec may name: one entry each. A dataset in a format that
 # experiments.download parses needs nothing else.
 TFDS_DATASETS = {
-    'mnist': TfdsDataset('mnist.MNIST', 'idx'),
-    'fashion_mnist': TfdsDataset('mnist.FashionMNIST', 'idx'),
-    'cifar10': TfdsDataset('cifar.Cifar10', 'cifar'),
+    'mnist': TfdsDataset('image_classification.mnist.MNIST', 'idx'),
+    'fashion_mnist': TfdsDataset('image_classification.mnist.FashionMNIST',
+                                 'idx'),
+    'cifar10': TfdsDataset('image_classification.cifar.Cifar10', 'cifar'),
+    'tiny_shakespeare': TfdsDataset(
+        'datasets.tiny_shakespeare.tiny_shakespeare_dataset_builder.Builder',
+        'text'),
 }
 TFDS_NAMES = tuple(TFDS_DATASETS)
 IDX_FILES = {
@@ -106,8 +114,8 @@ class Dataset:
   Attributes:
     name: The spec it was loaded from.
     train: The training split (without the validation examples).
-    validation: Held out from the training data (files of its own for
-      text); picks the best weights.
+    validation: Held out from the training data (for text, a split of its
+      own); picks the best weights.
     test: The test split, for the final number only.
     num_classes: Number of classes (256 byte values for text).
     pixel_max: The largest possible input value (255; 16 for digits).
@@ -132,13 +140,15 @@ def load(spec: str, *, data_dir: Optional[str] = None,
 
   Args:
     spec: ``digits``, ``idx:DIR``, ``text:DIR``, or a TFDS name (``mnist``,
-      ``fashion_mnist``, ``cifar10``, optionally as ``tfds:NAME``).
+      ``fashion_mnist``, ``cifar10``, ``tiny_shakespeare``, optionally as
+      ``tfds:NAME``).
     data_dir: Where TFDS data is prepared (TFDS's default when None).
     validation_size: Training examples held out for validation; not used
-      by ``text:DIR``, whose validation split is files of its own.
+      by text sources (:func:`is_text`), whose validation split is their
+      own.
     seed: Seed of the validation draw (and of the digits train/test split);
-      not used by ``text:DIR``.
-    sequence_length: Bytes per example of ``text:DIR``; not used by the
+      not used by text sources.
+    sequence_length: Bytes per example of a text source; not used by the
       other sources.
 
   Returns:
@@ -147,11 +157,11 @@ def load(spec: str, *, data_dir: Optional[str] = None,
   Raises:
     DataUnavailableError: The data is not on this machine.
     ValueError: Unknown spec, a validation split too large, or a split of
-      a text corpus that makes no example.
+      a text source that makes no example.
   """
   check_spec(spec)
-  if text_directory(spec) is not None:
-    return _load_text(spec, sequence_length)
+  if is_text(spec):
+    return _load_text(spec, data_dir, sequence_length)
   if spec == EMBEDDED:
     train, test, pixel_max = _load_digits(seed)
   elif spec.startswith('idx:'):
@@ -188,13 +198,16 @@ def text_directory(spec: str) -> Optional[pathlib.Path]:
   return None
 
 
-def holds_out_validation(spec: str) -> bool:
-  """Whether ``spec``'s validation split is drawn from its training data.
+def is_text(spec: str) -> bool:
+  """Whether ``spec`` is a text source (next-byte examples).
 
-  True for image sources (``validation_size`` examples of it); False for
-  ``text:DIR``, whose validation split is files of its own.
+  A text source has a validation split of its own (``text:DIR``: files of
+  its own; ``tiny_shakespeare``: the builder's), where an image source
+  holds ``validation_size`` examples out of its training data.
   """
-  return text_directory(spec) is None
+  name = tfds_name(spec)
+  return text_directory(spec) is not None or (
+      name in TFDS_DATASETS and TFDS_DATASETS[name].file_format == 'text')
 
 
 def check_spec(spec: str) -> None:
@@ -206,6 +219,8 @@ def check_spec(spec: str) -> None:
         f'"idx:DIR" (MNIST-format IDX .gz files), "text:DIR" (every file '
         f'under DIR as bytes, for next-byte prediction), or one of '
         f'{TFDS_NAMES} (tensorflow-datasets data).')
+  if spec == TEXT_PREFIX:
+    raise ValueError(f'{spec!r} names no directory: use "text:DIR".')
   if spec.startswith('tfds:') and tfds_name(spec) not in TFDS_NAMES:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     known = tfds.list_builders(with_community_datasets=False)
@@ -215,6 +230,18 @@ def check_spec(spec: str) -> None:
           f'Unknown dataset {spec!r}: tensorflow-datasets has no '
           f'{tfds_name(spec)!r}' + (f' (did you mean {close[0]!r}?)'
                                     if close else ''))
+
+
+def check_normalization(spec: str, method: str) -> None:
+  """Raises ValueError unless ``method`` suits ``spec``: ``none`` for text.
+
+  Text sources hold bytes that a model embeds as tokens; scaling them as
+  pixels would make them meaningless.
+  """
+  if is_text(spec) and method != 'none':
+    raise ValueError(
+        f'normalization={method!r}: {spec} holds bytes that a model embeds '
+        "as tokens; use normalization='none'.")
 
 
 def train_size(spec: str, *, data_dir: Optional[str] = None,
@@ -227,12 +254,12 @@ def train_size(spec: str, *, data_dir: Optional[str] = None,
     data_dir: Where TFDS data is prepared (TFDS's default when None).
     seed: Seed of the digits train/test split (its size does not depend on
       it).
-    sequence_length: Bytes per example of ``text:DIR``.
+    sequence_length: Bytes per example of a text source.
 
   Returns:
-    The size of the source's training split; for ``text:DIR`` the examples
-    of its train files alone (its validation files are apart), from the
-    files' sizes.
+    The size of the source's training split; for a text source the
+    examples of its train split alone (its validation split is apart),
+    from the files' sizes for ``text:DIR``.
 
   Raises:
     DataUnavailableError: The data is not on this machine.
@@ -240,9 +267,12 @@ def train_size(spec: str, *, data_dir: Optional[str] = None,
   check_spec(spec)
   directory = text_directory(spec)
   if directory is not None:
-    with _text_unavailable_error():
+    with _unavailable_if_unreadable():
       return text.num_windows(text.split_bytes(directory)['train'],
                               sequence_length)
+  if is_text(spec):
+    train_text = _tfds_texts(tfds_name(spec), data_dir, ('train',))['train']
+    return text.num_windows(len(train_text), sequence_length)
   if spec == EMBEDDED:
     return len(_load_digits(seed)[0].labels)
   if spec.startswith('idx:'):
@@ -346,17 +376,13 @@ def load_splits(config: ml_collections.ConfigDict
 
   Returns:
     ``({'train': ..., 'validation': ..., 'test': ...}, num_classes,
-    image_shape)``; for ``text:DIR``, ``image_shape`` is
+    image_shape)``; for a text source, ``image_shape`` is
     ``(sequence_length,)``.
 
   Raises:
     ValueError: A text source with a normalization other than ``none``.
   """
-  if text_directory(config.dataset) is not None and (
-      config.normalization != 'none'):
-    raise ValueError(
-        f'normalization={config.normalization!r}: {config.dataset} holds '
-        "bytes that a model embeds as tokens; use normalization='none'.")
+  check_normalization(config.dataset, config.normalization)
   dataset = load(config.dataset, data_dir=config.data_dir or None,
                  validation_size=config.validation_size,
                  seed=config.data_seed,
@@ -381,7 +407,7 @@ def _load_digits(seed: int) -> tuple[Split, Split, float]:
 
 
 @contextlib.contextmanager
-def _text_unavailable_error() -> Iterator[None]:
+def _unavailable_if_unreadable() -> Iterator[None]:
   """Raises a corpus that cannot be read as DataUnavailableError."""
   try:
     yield
@@ -393,10 +419,16 @@ def _text_unavailable_error() -> Iterator[None]:
         'text:DIR.') from error
 
 
-def _load_text(spec: str, sequence_length: int) -> Dataset:
-  """A text corpus as next-byte examples, split by file (experiments.text)."""
-  with _text_unavailable_error():
-    splits = text.load(text_directory(spec), sequence_length)
+def _load_text(spec: str, data_dir: Optional[str], sequence_length: int
+               ) -> Dataset:
+  """A text source as next-byte examples (experiments.text)."""
+  directory = text_directory(spec)
+  if directory is None:
+    splits = text.examples(_tfds_texts(tfds_name(spec), data_dir),
+                           sequence_length, spec)
+  else:
+    with _unavailable_if_unreadable():
+      splits = text.load(directory, sequence_length)
   return Dataset(name=spec, **{name: Split(*examples)
                                for name, examples in splits.items()},
                  num_classes=text.NUM_TOKENS, pixel_max=255.0)
@@ -481,3 +513,13 @@ def _load_tfds(name: str, data_dir: Optional[str]) -> tuple[Split, Split,
         np.array([example['label'] for example in examples], np.int32)))
   return splits[0], splits[1], 255.0
 
+
+def _tfds_texts(name: str, data_dir: Optional[str],
+                splits: tuple[str, ...] = text.SPLITS) -> dict[str, bytes]:
+  """A prepared TFDS text dataset's splits, each its examples' text joined."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _tfds_builder(name, data_dir)
+  sources = tfds.data_source(name, data_dir=data_dir)
+  return {split: b''.join(
+      example['text'] for example in sources[split].__getitems__(
+          range(len(sources[split])))) for split in splits}

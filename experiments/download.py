@@ -1,15 +1,16 @@
 """Downloads and prepares the presets' TFDS datasets, without TensorFlow.
 
-The stock tensorflow-datasets builders of MNIST, Fashion-MNIST and CIFAR-10
-cannot prepare their data without TensorFlow: they read and extract the
-downloaded files with ``tf.io.gfile`` and encode NumPy images with
-``tf.image.encode_png``. The builders here are the registered ones (same
-name, version and features, so ``tfds.data_source`` reads what they write)
-with only the parsing replaced: ``gzip``, ``tarfile`` and NumPy read the
-downloaded files and Pillow hands over the images. TFDS still downloads the
-files (with ``requests``, which honours ``HTTPS_PROXY``) and checks them
-against its registered checksums. Other TFDS datasets need their stock
-builder, hence TensorFlow: ``tfds build NAME --file_format=array_record``.
+The stock tensorflow-datasets builders of MNIST, Fashion-MNIST, CIFAR-10
+and tiny_shakespeare cannot prepare their data without TensorFlow: they
+read and extract the downloaded files with ``tf.io.gfile`` and encode NumPy
+images with ``tf.image.encode_png``. The builders here are the registered
+ones (same name, version and features, so ``tfds.data_source`` reads what
+they write) with only the parsing replaced: ``gzip``, ``tarfile``, NumPy
+and Python's ``open`` read the downloaded files and Pillow hands over the
+images. TFDS still downloads the files (with ``requests``, which honours
+``HTTPS_PROXY``) and checks them against its registered checksums. Other
+TFDS datasets need their stock builder, hence TensorFlow: ``tfds build
+NAME --file_format=array_record``.
 
 :func:`prepare` decides whether to download. Prepared data is used as it
 is. Otherwise, by default, it downloads if the download host (or the proxy)
@@ -42,8 +43,8 @@ def prepare(spec: str, *, data_dir: Optional[str] = None,
 
   Args:
     spec: A dataset spec of :func:`experiments.data.load`; only TFDS ones
-      (``mnist``, ``fashion_mnist``, ``cifar10``, ``tfds:NAME``) are
-      prepared, the others are left to ``load``.
+      (``mnist``, ``fashion_mnist``, ``cifar10``, ``tiny_shakespeare``,
+      ``tfds:NAME``) are prepared, the others are left to ``load``.
     data_dir: TFDS ``data_dir`` to prepare into (TFDS's default when None).
     download: What to do when the dataset is not prepared: True downloads
       it (no network check, e.g. where only a proxy that the check cannot
@@ -72,8 +73,8 @@ def prepare(spec: str, *, data_dir: Optional[str] = None,
   if name not in data.TFDS_NAMES:
     raise data.not_prepared(
         name, where, ': its tensorflow-datasets builder needs TensorFlow to '
-        'prepare it, and only mnist, fashion_mnist and cifar10 are '
-        'downloaded without')
+        f'prepare it, and only {", ".join(data.TFDS_NAMES)} are downloaded '
+        'without')
   urls = _download_urls(name)
   if download is None and not reachable(urls.values(), timeout):
     hosts = sorted({urllib.parse.urlsplit(url).netloc
@@ -136,14 +137,14 @@ def _address(url: str) -> tuple[str, int]:
 def _registered_builder(name: str) -> type[Any]:
   """The builder class TFDS registers for ``name`` (``data.TFDS_DATASETS``)."""
   module, class_name = data.TFDS_DATASETS[name].builder.rsplit('.', 1)
-  return getattr(importlib.import_module(
-      f'tensorflow_datasets.image_classification.{module}'), class_name)
+  return getattr(importlib.import_module(f'tensorflow_datasets.{module}'),
+                 class_name)
 
 
 def _download_urls(name: str) -> dict[str, str]:
   """The files the builder of ``name`` downloads, by file name."""
   registered = _registered_builder(name)
-  if data.TFDS_DATASETS[name].file_format == 'cifar':
+  if data.TFDS_DATASETS[name].file_format in ('cifar', 'text'):
     return {urllib.parse.urlsplit(url).path.rsplit('/', 1)[-1]: url
             for url in registered.url_infos}
   return {file: urllib.parse.urljoin(registered.URL, file)
@@ -193,6 +194,27 @@ def _cifar_split_generators(builder, dl_manager):
   }
 
 
+def _text_split_generators(builder, dl_manager):
+  """The splits of one downloaded text file, cut as the stock builder cuts.
+
+  The stock tiny_shakespeare builder reads the file as UTF-8 text and cuts
+  it by position: train is the first ``int(0.9 * n)`` of its ``n``
+  characters, validation the first half (``int(0.5 * rest)``) of the
+  rest, test what remains. Each split is one example.
+  """
+  (path,) = dl_manager.download(_download_urls(builder.name)).values()
+  # newline='': as tf.io.gfile reads it, with no newline translation.
+  with open(path, encoding='utf-8', newline='') as file:
+    content = file.read()
+  train_end = int(len(content) * 0.9)
+  validation_end = train_end + int((len(content) - train_end) * 0.5)
+  cuts = {'train': content[:train_end],
+          'validation': content[train_end:validation_end],
+          'test': content[validation_end:]}
+  return {split: iter([(split, {'text': part})])
+          for split, part in cuts.items()}
+
+
 def _idx_examples(images_path, labels_path
                   ) -> Iterator[tuple[int, dict[str, Any]]]:
   """Examples keyed by index, as the stock MNIST builder yields them."""
@@ -220,4 +242,5 @@ def _cifar_examples(id_prefix: str, contents: list[bytes]
 
 
 _SPLIT_GENERATORS = {'idx': _idx_split_generators,
-                     'cifar': _cifar_split_generators}
+                     'cifar': _cifar_split_generators,
+                     'text': _text_split_generators}

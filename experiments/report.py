@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from experiments import monitor
+from experiments import summaries
 
 
 @dataclasses.dataclass
@@ -102,17 +103,10 @@ def bits(nats: float) -> float:
   return nats / math.log(2)
 
 
-def statistics(values: Sequence[float]) -> dict[str, float]:
-  """Mean, standard deviation (``ddof=0``), min and max of ``values``."""
-  values = np.asarray(values, np.float64)
-  return {'mean': float(values.mean()), 'std': float(values.std()),
-          'min': float(values.min()), 'max': float(values.max())}
-
-
 def _mean_std(values: Sequence[float]) -> str:
   if len(values) == 1:
     return f'{values[0]:.4f}'
-  stats = statistics(values)
+  stats = summaries.statistics(values)
   return f'{stats["mean"]:.4f}+-{stats["std"]:.4f}'
 
 
@@ -161,16 +155,11 @@ def _per_seed(result: RunResult) -> dict[str, Any]:
 
 def write_summary(results: Sequence[Sequence[RunResult]], preset: str,
                   path: pathlib.Path) -> None:
-  """Writes ``summary.json``: per run, statistics over seeds and each seed."""
+  """Writes ``summary.json``: per run, ``summaries.run_summary``."""
   path.write_text(json.dumps({
       'preset': preset,
-      'runs': {seeds[0].name: {
-          'seeds': [result.seed for result in seeds],
-          **{key: statistics([getattr(result, field) for result in seeds])
-             for key, field in {**_METRICS, **_LOSSES}.items()},
-          'seconds': _seconds(seeds),
-          'per_seed': [_per_seed(result) for result in seeds],
-      } for seeds in results},
+      'runs': {seeds[0].name: summaries.run_summary(
+          [_per_seed(result) for result in seeds]) for seeds in results},
   }, indent=1))
 
 

@@ -10,10 +10,11 @@ sources of the Python documentation, in
 directory alone: the first 8 bytes of the SHA-256 of that path (as POSIX
 text, its file-system bytes) read as a big-endian integer and divided by
 2**64 give a number in [0, 1); the file is in ``train`` below 0.9,
-``validation`` below 0.95, else ``test`` (:data:`SPLIT_FRACTIONS`). So the
-fractions hold by count of files, in expectation; no file is cut between
-splits; the split is the same on every machine; and adding, removing or
-editing a file moves no other file. :func:`split_record` writes it down
+``validation`` below 0.95, else ``test`` (:data:`SPLIT_BOUNDS`). So the
+splits hold 90%, 5% and 5% of the files in expectation (not exactly, nor
+of the bytes); no file is cut between splits; the split is the same on
+every machine; and adding, removing or editing a file moves no other
+file. :func:`split_record` writes it down
 with each file's size and SHA-256.
 
 **Examples.** A split's files are concatenated in sorted order of their
@@ -24,7 +25,8 @@ are the inputs (``uint8``), its last ``sequence_length`` the labels
 boundary between two files, with no separator between them (every byte
 value is a token; none is free to mark the end of a file). The tail of the
 concatenation, fewer than ``sequence_length + 1`` bytes, is dropped. The
-first byte of each window is an input only, never a label.
+first byte of each window is an input only, never a label: a split's labels
+are ``sequence_length`` of every ``sequence_length + 1`` of its bytes.
 """
 
 import argparse
@@ -38,15 +40,16 @@ from typing import Any, Optional, Union
 import numpy as np
 
 SPLITS = ('train', 'validation', 'test')
-# A file's split: the first whose cumulative fraction exceeds its hash.
-SPLIT_FRACTIONS = {'train': 0.9, 'validation': 0.05, 'test': 0.05}
+# A file's split: the first whose bound exceeds the position its path
+# hashes to, else the last (test).
+SPLIT_BOUNDS = {'train': 0.9, 'validation': 0.95}
 DEFAULT_SEQUENCE_LENGTH = 128
 NUM_TOKENS = 256  # Byte values.
 SPLIT_RULE = (
-    'A file is in train, validation or test as the first 8 bytes of the '
-    'SHA-256 of its path relative to the directory (POSIX, file-system '
-    'bytes), read big-endian and divided by 2**64, fall below 0.9, below '
-    '0.95, or not.')
+    'The first 8 bytes of the SHA-256 of a file\'s path relative to the '
+    'directory (POSIX, file-system bytes), read as a big-endian integer and '
+    'divided by 2**64: below {train} the file is in train, below '
+    '{validation} in validation, else in test.').format(**SPLIT_BOUNDS)
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,12 +89,8 @@ def split_of(relative_path: str) -> str:
   """The split of the file at ``relative_path`` (see the module docstring)."""
   digest = hashlib.sha256(os.fsencode(relative_path)).digest()
   position = int.from_bytes(digest[:8], 'big') / 2**64
-  bound = 0.0
-  for split in SPLITS[:-1]:
-    bound += SPLIT_FRACTIONS[split]
-    if position < bound:
-      return split
-  return SPLITS[-1]
+  return next((split for split, bound in SPLIT_BOUNDS.items()
+               if position < bound), SPLITS[-1])
 
 
 def split_files(directory: PathLike) -> dict[str, list[str]]:
@@ -159,6 +158,39 @@ def read_files(directory: PathLike, paths: Iterable[str]) -> bytes:
   return b''.join((directory / path).read_bytes() for path in paths)
 
 
+def examples(contents: dict[str, bytes], sequence_length: int, source: str
+             ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Each split's text as next-byte examples (:func:`windows`).
+
+  Args:
+    contents: Split name -> its text.
+    sequence_length: Bytes per example.
+    source: Where the text comes from, for the error message.
+
+  Returns:
+    Split name -> ``(inputs, labels)``.
+
+  Raises:
+    ValueError: ``sequence_length`` is below 1, or a split's text makes no
+      example (at most ``sequence_length`` bytes).
+  """
+  num_windows(0, sequence_length)  # Checks it.
+  for split, content in contents.items():
+    if num_windows(len(content), sequence_length) == 0:
+      raise ValueError(
+          f'The {split} split of {source} holds {len(content)} bytes, too '
+          f'few for one example of sequence_length + 1 = '
+          f'{sequence_length + 1} bytes.')
+  return {split: windows(content, sequence_length)
+          for split, content in contents.items()}
+
+
+def read_splits(directory: PathLike) -> dict[str, bytes]:
+  """Each split's files, concatenated in sorted order (:func:`split_files`)."""
+  return {split: read_files(directory, paths)
+          for split, paths in split_files(directory).items()}
+
+
 def load(directory: PathLike,
          sequence_length: int = DEFAULT_SEQUENCE_LENGTH
          ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -178,17 +210,7 @@ def load(directory: PathLike,
       ``sequence_length`` bytes).
   """
   num_windows(0, sequence_length)  # Checks it before reading the files.
-  splits = {}
-  for split, paths in split_files(directory).items():
-    content = read_files(directory, paths)
-    if num_windows(len(content), sequence_length) == 0:
-      raise ValueError(
-          f'The {split} split of {directory} makes no example of '
-          f'{sequence_length + 1} bytes: its {len(paths)} files hold '
-          f'{len(content)} bytes. Files are split by the hash of their path '
-          f'(experiments.text); add files or shorten sequence_length.')
-    splits[split] = windows(content, sequence_length)
-  return splits
+  return examples(read_splits(directory), sequence_length, str(directory))
 
 
 def split_record(directory: PathLike) -> dict[str, Any]:
@@ -198,13 +220,13 @@ def split_record(directory: PathLike) -> dict[str, Any]:
     directory: The corpus.
 
   Returns:
-    A JSON-ready dict: ``directory``, ``rule``, ``fractions``, and per split
+    A JSON-ready dict: ``directory``, ``rule``, ``bounds``, and per split
     its number of ``files``, ``bytes``, the ``sha256`` of its files
     concatenated in order (what :func:`load` cuts into examples) and
     ``entries``, each file's ``path``, ``bytes`` and ``sha256``.
   """
   record = {'directory': str(directory), 'rule': SPLIT_RULE,
-            'fractions': SPLIT_FRACTIONS, 'splits': {}}
+            'bounds': SPLIT_BOUNDS, 'splits': {}}
   for split, paths in split_files(directory).items():
     concatenated = hashlib.sha256()
     entries = []
@@ -228,7 +250,7 @@ def write_split_record(directory: PathLike, path: PathLike) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  """``python -m experiments.text split DIR [--out FILE]``: the split's sizes."""
+  """``python -m experiments.text split DIR [--out FILE]``: split sizes."""
   cli = argparse.ArgumentParser(
       prog='python -m experiments.text',
       description='The train/validation/test split of a text corpus.')

@@ -207,8 +207,8 @@ def fit_validation(config: ml_collections.ConfigDict, train_size: int, *,
 
   A preset's validation split that does not fit a small dataset (5000 on
   digits' 1497) becomes ``SMALL_VALIDATION_FRACTION`` of its training
-  examples. A source whose validation split is not held out of its
-  training data (``text:DIR``: files of its own) has nothing to fit.
+  examples. A text source has a validation split of its own
+  (:func:`experiments.data.is_text`): nothing to fit.
 
   Args:
     config: A run's config; its ``validation_size`` is updated in place.
@@ -217,22 +217,20 @@ def fit_validation(config: ml_collections.ConfigDict, train_size: int, *,
       (a size the user asked for).
 
   Returns:
-    None when the split fits or the source holds none out, else a line
-    saying what changed.
+    None when the split fits or the source is text, else a line saying
+    what changed.
 
   Raises:
-    ValidationSizeError: The split does not fit and ``scale`` is off, or
-      ``scale`` is off (a size the user asked for) and the source holds no
-      split out.
+    ValidationSizeError: The split does not fit and ``scale`` is off; or
+      ``scale`` is off (a size the user asked for) and the source is text.
   """
-  if not data.holds_out_validation(config.dataset):
+  if data.is_text(config.dataset):
     if scale:
       return None
     raise ValidationSizeError(
-        f'validation_size={config.validation_size}: {config.dataset} holds '
-        'no validation split out of its training data; its validation '
-        'split is files of its own (experiments.text), so validation_size '
-        'does not apply')
+        f'validation_size={config.validation_size}: {config.dataset} is '
+        'text, with a validation split of its own (files of its own for '
+        'text:DIR), so validation_size does not apply')
   if 0 < config.validation_size < train_size:
     return None
   if not scale:

@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
       'tables', help='render the tables of docs/RESULTS.md and README.md '
       'from docs/results/')
   tables.add_argument('--check', action='store_true',
-                      help='change nothing; exit 1 if a page differs')
+                      help='change nothing; exit 1 if a page or a run file '
+                      'differs from what the pages were rendered from')
   tables.add_argument('--collect', type=pathlib.Path, metavar='RUNS',
                       help='first copy the run files of every study in RUNS')
   tables.add_argument('--results', type=pathlib.Path, default=pages.RESULTS,
@@ -63,22 +64,24 @@ def _tables(args: argparse.Namespace) -> int:
   """Collects, then renders or checks the pages' tables; the exit status."""
   if args.collect:
     print('collected:', ', '.join(collect.collect(args.collect, args.results)))
-  stale = pages.update(args.pages, args.results, check=args.check)
-  for page in stale:
-    print(f'{page}: {"differs from" if args.check else "rewritten from"} '
-          f'{args.results}')
-  return 1 if stale and args.check else 0
+  differ = pages.update(args.pages, args.results, check=args.check)
+  for line in differ:
+    print(line)
+  return 1 if differ and args.check else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs one subcommand.
 
-  Bad input (a page without marked tables, a table without its runs) stops
-  with one ``error:`` line and exit status 2, as argparse does.
+  Bad input (a page without marked tables, a table without its runs)
+  stops with one ``error:`` message and exit status 2, as argparse does;
+  so do run files that no page can be rendered from (a file that no table
+  declares, a summary that its seed files do not give), which
+  ``tables --check`` lists among its differences instead.
 
   Returns:
-    The exit status: 1 when ``tables --check`` finds a page that differs
-    from its run files, else 0.
+    The exit status: 1 when ``tables --check`` finds a page or a run file
+    that differs from what the pages were rendered from, else 0.
   """
   cli = parser()
   args = cli.parse_args(argv)

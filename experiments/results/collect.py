@@ -4,7 +4,8 @@
 ``--out`` folder). :func:`collect` copies each run's ``summary.json`` and
 every seed's ``metrics.json`` to ``docs/results/<study>/``, leaving out
 checkpoints and figures, the A.3 monitor's float32 statistics written in
-their shortest exact form. The tables are rendered from those copies alone.
+their shortest exact form. The studies are those the tables declare
+(``tables.TABLES``); the tables are rendered from those copies alone.
 """
 
 import json
@@ -12,12 +13,7 @@ import pathlib
 
 import numpy as np
 
-# The studies of scripts/results.sh, each the --out folder of one command.
-STUDIES = ('f1', 'f1-zscore', 'f2', 'f2-size-aware', 'a3', 'conv7',
-           'conv7-seed-1', 'conv7-seed-2', 'conv7-lookahead', 'conv7-4epochs',
-           'conv7-k1200',
-           'conv7-prune-0.5', 'conv7-prune-0.7', 'conv7-prune-0.9', 'vit',
-           'vit-k20', 'vit-k100', 'vit-k400', 'vit-k1000', 'vit-also-permute')
+from experiments.results import tables
 
 
 def _thin(text: str) -> str:
@@ -39,15 +35,15 @@ def collect(runs: pathlib.Path, results: pathlib.Path) -> list[str]:
   """Copies each study's summary and metrics files from ``runs``.
 
   Args:
-    runs: The folder holding one ``--out`` folder per study (those of
-      :data:`STUDIES` that are missing are skipped).
+    runs: The folder holding one ``--out`` folder per study (the studies
+      of ``tables.declared()``; those missing are skipped).
     results: Where the copies go, one folder per study.
 
   Returns:
-    The studies copied, in the order of :data:`STUDIES`.
+    The studies copied, in the order of ``tables.declared()``.
   """
   copied = []
-  for study in STUDIES:
+  for study in tables.declared()[0]:
     source = runs / study
     if not source.is_dir():
       continue

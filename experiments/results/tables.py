@@ -1,11 +1,15 @@
 """The results tables of docs/RESULTS.md and README.md, from docs/results/.
 
-Each table is a function of the results folder (the committed run files
-under ``docs/results/<study>/``: each run's ``summary.json`` and every
-seed's ``metrics.json``, as ``python -m experiments`` writes them) that
-returns the table as Markdown, or None when none of its runs are there.
-:data:`TABLES` names them as the pages' markers do (``pages.py``).
-Statistics are computed here from the per-seed files.
+Each table is a function of its inputs (``inputs.Inputs``: the committed run
+files under ``docs/results/<study>/``, each run's ``summary.json`` and every
+seed's ``metrics.json``, as ``python -m experiments`` writes them, and the
+checks beside them) that returns the table as Markdown, or None when none
+of its runs are there. :data:`TABLES` names them as the pages' markers do
+(``pages.py``) and declares what each reads: a table reads nothing else,
+and every file under ``docs/results/`` is one a table declares or one that
+``docs/results/README.md`` lists. A new study's files are checked once a
+table declares the study. Statistics are computed here from the per-seed
+files.
 
 Statistics over seeds: mean +- standard deviation (ddof 0), min-max, and the
 95% confidence interval of the mean (Student's t with n - 1 degrees of
@@ -13,7 +17,6 @@ freedom, ddof-1 standard deviation).
 """
 
 import dataclasses
-import json
 import pathlib
 import re
 from statistics import fmean as mean
@@ -22,40 +25,15 @@ from typing import Callable, Optional, Sequence
 
 from scipy import stats
 
+from experiments.results import inputs
+
 # The Conv7 studies of 10 epochs, whose seeds and runs are shown together.
 CONV7 = ('conv7', 'conv7-seed-1', 'conv7-seed-2', 'conv7-lookahead')
 # The paper's MNIST numbers, for reference (Fashion-MNIST is harder).
 PAPER = {'f1': '85.46%', 'f2': '~53%', 'f2-size-aware': '78.14%',
          'conv7': '99.72%'}
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One run of a study: every seed's ``metrics.json``, by seed."""
-
-  name: str
-  seeds: tuple[dict, ...]
-
-  def values(self, key: str) -> list[float]:
-    """Every seed's ``key``, in seed order."""
-    return [metrics[key] for metrics in self.seeds]
-
-  @property
-  def config(self) -> dict:
-    """The run's config (that of its first seed)."""
-    return self.seeds[0]['config']
-
-
-def load(results: pathlib.Path, *studies: str) -> dict[str, Run]:
-  """The runs of ``studies`` by name, seeds merged across the studies."""
-  found: dict[str, list[dict]] = {}
-  for study in studies:
-    for path in sorted((results / study).glob('*/metrics.json')) + sorted(
-        (results / study).glob('*/seed-*/metrics.json')):
-      metrics = json.loads(path.read_text())
-      found.setdefault(metrics['name'], []).append(metrics)
-  return {name: Run(name, tuple(sorted(seeds, key=lambda m: m['seed'])))
-          for name, seeds in found.items()}
+# The exact-permutation checks (``python -m experiments.results figures``).
+CHECKS = 'checks.json'
 
 
 def pct(value: float) -> str:
@@ -86,7 +64,7 @@ def ci_text(values: Sequence[float]) -> str:
   return f'{100 * low:.1f}-{100 * high:.1f}%'
 
 
-def seeds_text(run: Run) -> str:
+def seeds_text(run: inputs.Run) -> str:
   """``20 (0-19)`` for consecutive seeds from 0, else ``2 (0, 1)``."""
   seeds = [metrics['seed'] for metrics in run.seeds]
   if seeds == list(range(len(seeds))) and len(seeds) > 2:
@@ -109,7 +87,7 @@ def validations(metrics: dict) -> dict[int, float]:
           for record in metrics['history'] if 'val_accuracy' in record}
 
 
-def seconds(run: Run) -> str:
+def seconds(run: inputs.Run) -> str:
   """The run's mean seconds per seed, as a whole number."""
   return f'{mean(run.values("seconds")):,.0f}'
 
@@ -118,13 +96,13 @@ def seconds(run: Run) -> str:
 # none of its runs are there.
 
 
-def weight_agnostic(results: pathlib.Path) -> Optional[str]:
+def weight_agnostic(results: inputs.Inputs) -> Optional[str]:
   rows = []
   for study, label in (('f1', '`f1` (60% nonzero, 0.08)'),
                        ('f2', '`f2` (10% nonzero, 0.03)'),
                        ('f2-size-aware', '`f2-size-aware` (1/15, 1/7, 1/3)'),
                        ('f1-zscore', '`f1`, z-scored pixels')):
-    runs = load(results, study)
+    runs = results.runs(study)
     if 'laperm' not in runs:
       continue
     run = runs['laperm']
@@ -143,9 +121,9 @@ def weight_agnostic(results: pathlib.Path) -> Optional[str]:
                [False, True, True, True, True, True, True, True, True])
 
 
-def size_aware_against_uniform(results: pathlib.Path) -> Optional[str]:
-  uniform = load(results, 'f2').get('laperm')
-  size_aware = load(results, 'f2-size-aware').get('laperm')
+def size_aware_against_uniform(results: inputs.Inputs) -> Optional[str]:
+  uniform = results.runs('f2').get('laperm')
+  size_aware = results.runs('f2-size-aware').get('laperm')
   if uniform is None or size_aware is None:
     return None
   a = size_aware.values('test_accuracy_of_best')
@@ -161,10 +139,10 @@ def size_aware_against_uniform(results: pathlib.Path) -> Optional[str]:
       [False, True, True, True, True])
 
 
-def best_steps(results: pathlib.Path) -> Optional[str]:
+def best_steps(results: inputs.Inputs) -> Optional[str]:
   rows = []
   for study in ('f1', 'f2', 'f2-size-aware'):
-    run = load(results, study).get('laperm')
+    run = results.runs(study).get('laperm')
     if run is None:
       continue
     steps = run.values('best_step')
@@ -184,8 +162,8 @@ def best_steps(results: pathlib.Path) -> Optional[str]:
                [False, True, True, True])
 
 
-def a3(results: pathlib.Path) -> Optional[str]:
-  runs = load(results, 'a3')
+def a3(results: inputs.Inputs) -> Optional[str]:
+  runs = results.runs('a3')
   rows = []
   for name in ('sgd', 'adam', 'adam-dropout', 'adam-l2'):
     if name not in runs:
@@ -213,9 +191,9 @@ def _zero_vectors(record: dict) -> int:
                                                     record['max']))
 
 
-def a3_monitor(results: pathlib.Path) -> Optional[str]:
+def a3_monitor(results: inputs.Inputs) -> Optional[str]:
   """The first kernel per setting: reordering, spread, validation loss."""
-  runs = load(results, 'a3')
+  runs = results.runs('a3')
   rows = []
   for name in ('sgd', 'adam', 'adam-dropout', 'adam-l2'):
     if name not in runs or not runs[name].seeds[0].get('monitor'):
@@ -244,9 +222,9 @@ def a3_monitor(results: pathlib.Path) -> Optional[str]:
                [False] + [True] * 8)
 
 
-def a3_initial(results: pathlib.Path) -> Optional[str]:
+def a3_initial(results: inputs.Inputs) -> Optional[str]:
   """The first kernel before training: the reference for a3-monitor."""
-  runs = load(results, 'a3')
+  runs = results.runs('a3')
   if 'adam' not in runs or not runs['adam'].seeds[0].get('monitor'):
     return None
   start = _by_epoch(runs['adam'].seeds[0])[0]
@@ -262,8 +240,8 @@ def a3_initial(results: pathlib.Path) -> Optional[str]:
 CONV7_STEPS = (1200, 3600, 6000, 8400, 10800)
 
 
-def conv7(results: pathlib.Path) -> Optional[str]:
-  runs = load(results, *CONV7)
+def conv7(results: inputs.Inputs) -> Optional[str]:
+  runs = results.runs(*CONV7)
   rows = []
   for name in ('laperm', 'adam', 'lookahead'):
     if name not in runs:
@@ -290,11 +268,11 @@ def conv7(results: pathlib.Path) -> Optional[str]:
                [False, True, True, True, True, True, True, True])
 
 
-def conv7_k1200(results: pathlib.Path) -> Optional[str]:
+def conv7_k1200(results: inputs.Inputs) -> Optional[str]:
   rows = []
   for study, label in (('conv7-4epochs', 'k = 20 (preset)'),
                        ('conv7-k1200', "k = 1200 (the authors' README)")):
-    run = load(results, study).get('laperm')
+    run = results.runs(study).get('laperm')
     if run is None:
       continue
     metrics = run.seeds[0]
@@ -315,14 +293,14 @@ def conv7_k1200(results: pathlib.Path) -> Optional[str]:
                [False, True, True, True, True])
 
 
-def conv7_prune(results: pathlib.Path) -> Optional[str]:
+def conv7_prune(results: inputs.Inputs) -> Optional[str]:
   rows = []
-  dense = load(results, 'conv7').get('laperm')
+  dense = results.runs('conv7').get('laperm')
   if dense is not None:
     rows.append(['100% (the seed-0 run above)',
                  pct(validations(dense.seeds[0])[1200]), '-', '-', '-', '-'])
   for rate in ('0.5', '0.7', '0.9'):
-    run = load(results, f'conv7-prune-{rate}').get('laperm')
+    run = results.runs(f'conv7-prune-{rate}').get('laperm')
     if run is None:
       continue
     metrics = run.seeds[0]
@@ -341,8 +319,8 @@ def conv7_prune(results: pathlib.Path) -> Optional[str]:
                [True, True, True, True, True, True])
 
 
-def vit(results: pathlib.Path) -> Optional[str]:
-  runs = load(results, 'vit')
+def vit(results: inputs.Inputs) -> Optional[str]:
+  runs = results.runs('vit')
   rows = []
   for name, label in (('laperm', '`laperm` (k = 100, derived layout)'),
                       ('adam', '`adam`')):
@@ -362,13 +340,13 @@ def vit(results: pathlib.Path) -> Optional[str]:
                rows, [False, True, True, True, True, False, True])
 
 
-def vit_trials(results: pathlib.Path) -> Optional[str]:
+def vit_trials(results: inputs.Inputs) -> Optional[str]:
   rows = []
   for study, label in (('vit-k20', '20'), ('vit-k100', '**100** (kept)'),
                        ('vit-k400', '400'), ('vit-k1000', '1000'),
                        ('vit-also-permute', '100, LayerNorm scales, position '
                         'embedding and class token permuted too')):
-    run = load(results, study).get('laperm')
+    run = results.runs(study).get('laperm')
     if run is None:
       continue
     metrics = run.seeds[0]
@@ -382,12 +360,11 @@ def vit_trials(results: pathlib.Path) -> Optional[str]:
                 'run time (s)'], rows, [False, True, True, True])
 
 
-def _checks(results: pathlib.Path) -> dict:
-  path = results / 'checks.json'
-  return json.loads(path.read_text()) if path.exists() else {}
+def _checks(results: inputs.Inputs) -> dict:
+  return results.file(CHECKS) or {}
 
 
-def permutation_checks(results: pathlib.Path) -> Optional[str]:
+def permutation_checks(results: inputs.Inputs) -> Optional[str]:
   """Per study: how many LaPerm runs are exact permutations of their init."""
   checked: dict[str, list[bool]] = {}
   for name, check in _checks(results).get('all_laperm_runs', {}).items():
@@ -407,7 +384,7 @@ def _kernel_name(path: str) -> str:
   return '/'.join(re.findall(r"\['(\w+)'\]", path)[:-1])
 
 
-def conv7_moved(results: pathlib.Path) -> Optional[str]:
+def conv7_moved(results: inputs.Inputs) -> Optional[str]:
   runs = _checks(results).get('all_laperm_runs', {})
   rows = []
   for study, label in (('conv7', 'k = 20, 10 epochs'),
@@ -424,7 +401,7 @@ def conv7_moved(results: pathlib.Path) -> Optional[str]:
                [False] + [True] * len(names))
 
 
-def conv7_cycles(results: pathlib.Path) -> Optional[str]:
+def conv7_cycles(results: inputs.Inputs) -> Optional[str]:
   cycles = _checks(results).get('conv_laperm_cycles')
   if cycles is None:
     return None
@@ -441,14 +418,14 @@ def conv7_cycles(results: pathlib.Path) -> Optional[str]:
                [False, True, True, True, True, True])
 
 
-def summary(results: pathlib.Path) -> Optional[str]:
+def summary(results: inputs.Inputs) -> Optional[str]:
   rows = []
   for study, label in (('f1', 'F1, LaPerm (5.5)'),
                        ('f2', 'F2, LaPerm, 90% zeros (5.5)'),
                        ('f2-size-aware', 'F2, LaPerm, size-aware 1/15, 1/7, '
                         '1/3 nonzero (A.5.0)'),
                        ('f1-zscore', 'F1 on z-scored pixels')):
-    run = load(results, study).get('laperm')
+    run = results.runs(study).get('laperm')
     if run is not None:
       rows.append([label, f'{run.config["epochs"]} epochs, k = '
                    f'{run.config["optimizer"]["sync_period"]}',
@@ -457,7 +434,7 @@ def summary(results: pathlib.Path) -> Optional[str]:
                    spread(run.values('final_test_accuracy'),
                           with_range=False),
                    PAPER.get(study, '')])
-  a3_runs = load(results, 'a3')
+  a3_runs = results.runs('a3')
   names = [n for n in ('sgd', 'adam', 'adam-dropout', 'adam-l2')
            if n in a3_runs]
   if names:
@@ -466,7 +443,7 @@ def summary(results: pathlib.Path) -> Optional[str]:
                             for n in names),
                  ' / '.join(pct(a3_runs[n].seeds[0]['final_test_accuracy'])
                             for n in names), '(analysis only)'])
-  conv_runs = load(results, *CONV7)
+  conv_runs = results.runs(*CONV7)
   for name, label in (('laperm', 'Conv7, LaPerm k = 20 (5.1)'),
                       ('adam', 'Conv7, Adam'),
                       ('lookahead', 'Conv7, Lookahead')):
@@ -478,13 +455,13 @@ def summary(results: pathlib.Path) -> Optional[str]:
                    spread(run.values('final_test_accuracy'),
                           with_range=False),
                    PAPER['conv7'] if name == 'laperm' else ''])
-  k1200 = load(results, 'conv7-k1200').get('laperm')
+  k1200 = results.runs('conv7-k1200').get('laperm')
   if k1200 is not None:
     rows.append(["Conv7, LaPerm k = 1200 (the authors' README)",
                  f'all data, augmented, {k1200.config["epochs"]} epochs', '1',
                  pct(k1200.seeds[0]['test_accuracy_of_best']),
                  pct(k1200.seeds[0]['final_test_accuracy']), ''])
-  pruned = [load(results, f'conv7-prune-{rate}').get('laperm')
+  pruned = [results.runs(f'conv7-prune-{rate}').get('laperm')
             for rate in ('0.5', '0.7', '0.9')]
   if all(pruned):
     rows.append(['Conv7, LaPerm k = 20, kept 50 / 30 / 10% of each kernel '
@@ -494,7 +471,7 @@ def summary(results: pathlib.Path) -> Optional[str]:
                             for r in pruned),
                  ' / '.join(pct(r.seeds[0]['final_test_accuracy'])
                             for r in pruned), '(CIFAR-10 nets only)'])
-  vit_runs = load(results, 'vit')
+  vit_runs = results.runs('vit')
   for name, label in (('laperm', 'ViT, LaPerm k = 100 (not in the paper)'),
                       ('adam', 'ViT, Adam')):
     if name in vit_runs:
@@ -511,13 +488,13 @@ def summary(results: pathlib.Path) -> Optional[str]:
                [False, False, True, True, True, True])
 
 
-def readme(results: pathlib.Path) -> Optional[str]:
+def readme(results: inputs.Inputs) -> Optional[str]:
   """The README's short table: LaPerm and what it is compared with."""
   rows = []
   for study, label in (('f1', 'F1 weight-agnostic (5.5)'),
                        ('f2', 'F2 weight-agnostic, 90% zeros (5.5)'),
                        ('f2-size-aware', 'F2 size-aware (A.5.0)')):
-    run = load(results, study).get('laperm')
+    run = results.runs(study).get('laperm')
     if run is None:
       continue
     best = run.values('test_accuracy_of_best')
@@ -530,7 +507,7 @@ def readme(results: pathlib.Path) -> Optional[str]:
        'all data, augmented, {epochs} of 45 epochs'),
       (('vit',), 'ViT (not in the paper), k = 100, layout derived from the '
        'model', '{epochs} epochs')):
-    runs = load(results, *studies)
+    runs = results.runs(*studies)
     if 'laperm' not in runs:
       continue
     others = ', '.join(
@@ -543,7 +520,7 @@ def readme(results: pathlib.Path) -> Optional[str]:
                  str(len(runs['laperm'].seeds)),
                  spread(runs['laperm'].values('test_accuracy_of_best'),
                         with_range=False), others])
-  pruned = [load(results, f'conv7-prune-{rate}').get('laperm')
+  pruned = [results.runs(f'conv7-prune-{rate}').get('laperm')
             for rate in ('0.5', '0.7', '0.9')]
   if all(pruned):
     rows.append(['Conv7 pruned (5.4), keep 50 / 30 / 10%',
@@ -556,21 +533,54 @@ def readme(results: pathlib.Path) -> Optional[str]:
                rows, [False, False, True, True, False])
 
 
-TABLES: dict[str, Callable[[pathlib.Path], Optional[str]]] = {
-    'summary': summary,
-    'weight-agnostic': weight_agnostic,
-    'size-aware-vs-uniform': size_aware_against_uniform,
-    'best-steps': best_steps,
-    'a3': a3,
-    'a3-monitor': a3_monitor,
-    'a3-initial': a3_initial,
-    'conv7': conv7,
-    'conv7-k1200': conv7_k1200,
-    'conv7-prune': conv7_prune,
-    'permutation-checks': permutation_checks,
-    'conv7-moved': conv7_moved,
-    'conv7-cycles': conv7_cycles,
-    'vit': vit,
-    'vit-trials': vit_trials,
-    'results-table': readme,
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """A table of the pages and what it is rendered from.
+
+  Attributes:
+    render: The table from its inputs, or None when none of its runs are
+      there.
+    studies: The study folders it reads (their ``summary.json`` and the
+      ``metrics.json`` files it names); absent ones are skipped.
+    files: The other files it reads, relative to the results folder.
+  """
+
+  render: Callable[[inputs.Inputs], Optional[str]]
+  studies: tuple[str, ...] = ()
+  files: tuple[str, ...] = ()
+
+
+_WEIGHT_AGNOSTIC = ('f1', 'f2', 'f2-size-aware', 'f1-zscore')
+_PRUNED = ('conv7-prune-0.5', 'conv7-prune-0.7', 'conv7-prune-0.9')
+_VIT_TRIALS = ('vit-k20', 'vit-k100', 'vit-k400', 'vit-k1000',
+               'vit-also-permute')
+
+TABLES: dict[str, Table] = {
+    'summary': Table(summary, (*_WEIGHT_AGNOSTIC, 'a3', *CONV7, 'conv7-k1200',
+                               *_PRUNED, 'vit')),
+    'weight-agnostic': Table(weight_agnostic, _WEIGHT_AGNOSTIC),
+    'size-aware-vs-uniform': Table(size_aware_against_uniform,
+                                   ('f2', 'f2-size-aware')),
+    'best-steps': Table(best_steps, ('f1', 'f2', 'f2-size-aware')),
+    'a3': Table(a3, ('a3',)),
+    'a3-monitor': Table(a3_monitor, ('a3',)),
+    'a3-initial': Table(a3_initial, ('a3',)),
+    'conv7': Table(conv7, CONV7),
+    'conv7-k1200': Table(conv7_k1200, ('conv7-4epochs', 'conv7-k1200')),
+    'conv7-prune': Table(conv7_prune, ('conv7', *_PRUNED)),
+    'permutation-checks': Table(permutation_checks, files=(CHECKS,)),
+    'conv7-moved': Table(conv7_moved, files=(CHECKS,)),
+    'conv7-cycles': Table(conv7_cycles, files=(CHECKS,)),
+    'vit': Table(vit, ('vit',)),
+    'vit-trials': Table(vit_trials, _VIT_TRIALS),
+    'results-table': Table(readme, (*_WEIGHT_AGNOSTIC[:3], *CONV7, 'vit',
+                                    *_PRUNED)),
 }
+
+
+def declared() -> tuple[list[str], list[str]]:
+  """The studies and the other files that the tables declare, each once."""
+  studies = {study: None for table in TABLES.values()
+             for study in table.studies}
+  files = {file: None for table in TABLES.values() for file in table.files}
+  return list(studies), list(files)

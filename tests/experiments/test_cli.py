@@ -41,6 +41,9 @@ PREFIX = 'python -m experiments: error: '
     (['--dataset', 'tfds:mnsit'],
      "tensorflow-datasets has no 'mnsit' (did you mean 'mnist'?)"),
     (['--set', 'dataset=imagenet'], "Unknown dataset 'imagenet'"),
+    (['--dataset', 'text:/nowhere'],
+     "normalization='scale': text:/nowhere holds bytes that a model embeds "
+     "as tokens; use normalization='none'"),
     (['--dataset', 'digits', '--set', 'validation_size=5000'],
      '--set validation_size=5000: digits has 1497 training examples; hold '
      'out from 1 to 1496'),

@@ -20,6 +20,7 @@ import pytest
 
 from experiments import data
 from experiments import download
+from experiments import text
 import test_data  # Its IDX writer; pytest puts this directory on sys.path.
 
 pytest.importorskip('tensorflow_datasets')
@@ -206,3 +207,29 @@ def test_a_failed_download_says_so(tmp_path, server, monkeypatch):
   with pytest.raises(data.DataUnavailableError,
                      match='downloading it failed .*404'):
     download.prepare('fashion_mnist', data_dir=str(tmp_path / 'tfds'))
+
+
+def test_prepare_downloads_tiny_shakespeare_and_load_cuts_it_as_tfds(
+    tmp_path, server, monkeypatch):
+  served, url = server
+  # Characters of 1 to 3 UTF-8 bytes: the builder cuts by character.
+  content = ''.join(f'{i}: Né à Vérone, “so” it goes.\r\n'
+                    for i in range(40))
+  (served / 'input.txt').write_bytes(content.encode())
+  _serve_from(monkeypatch, url)
+  data_dir = str(tmp_path / 'tfds')
+  assert download.prepare('tiny_shakespeare', data_dir=data_dir)
+  dataset = data.load('tiny_shakespeare', data_dir=data_dir,
+                      sequence_length=8)
+  train_end = int(len(content) * 0.9)
+  validation_end = train_end + int((len(content) - train_end) * 0.5)
+  cuts = {'train': content[:train_end],
+          'validation': content[train_end:validation_end],
+          'test': content[validation_end:]}
+  for split, part in cuts.items():
+    inputs, labels = text.windows(part.encode(), 8)
+    np.testing.assert_array_equal(getattr(dataset, split).images, inputs)
+    np.testing.assert_array_equal(getattr(dataset, split).labels, labels)
+  assert dataset.num_classes == 256 and data.is_text('tiny_shakespeare')
+  assert data.train_size('tiny_shakespeare', data_dir=data_dir,
+                         sequence_length=8) == len(dataset.train.labels)

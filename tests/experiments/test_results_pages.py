@@ -1,8 +1,9 @@
 """docs/RESULTS.md and README.md agree with the committed runs, and one reruns.
 
 The tables of both pages are rendered by ``python -m experiments.results
-tables`` from ``docs/results/``; ``--check`` must pass, and must fail once an artifact
-changes. ``f1 --seed 0`` on Fashion-MNIST (seconds) is rerun and must give
+tables`` from ``docs/results/``; ``--check`` must pass, and must fail once an
+artifact changes (tests/faults/test_results_check.py tries the small
+edits and stray files). ``f1 --seed 0`` on Fashion-MNIST (seconds) is rerun and must give
 the committed history of seed 0 bit for bit: a change that moves results has
 to regenerate the artifacts in the same commit. The committed bits are
 those of XLA's CPU code on an x86-64 host with AVX-512 (docs/RESULTS.md,
@@ -20,7 +21,9 @@ import shutil
 import pytest
 
 from experiments import cli
+from experiments import summaries
 from experiments.results import cli as results_cli
+from experiments.results import inputs
 from experiments.results import pages as pages_lib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -42,25 +45,47 @@ def test_check_fails_when_an_artifact_changes(tmp_path, capsys):
   arguments = ['tables', '--results', str(results), '--pages',
                *map(str, pages)]
   assert results_cli.main([*arguments, '--check']) == 0
+  capsys.readouterr()
   path = results / 'f2' / 'laperm' / 'seed-3' / 'metrics.json'
   metrics = json.loads(path.read_text())
   metrics['test_accuracy_of_best'] += 0.2  # Mean over 20 seeds: +1 point.
   path.write_text(json.dumps(metrics))
+  _summarize_again(results / 'f2')  # As a rerun of the study would.
   before = [page.read_text() for page in pages]
+  manifest = (results / 'MANIFEST.json').read_text()
   assert results_cli.main([*arguments, '--check']) == 1
-  assert 'differs' in capsys.readouterr().out
-  assert [page.read_text() for page in pages] == before  # --check writes not.
+  out = capsys.readouterr().out
+  assert f'{path}: test_accuracy_of_best is ' in out
+  assert f'{pages[0]}: differs from {results}' in out
+  assert f'{pages[1]}: differs from {results}' in out
+  # --check writes not.
+  assert [page.read_text() for page in pages] == before
+  assert (results / 'MANIFEST.json').read_text() == manifest
   assert results_cli.main(arguments) == 0  # Rewrites both pages...
   assert results_cli.main([*arguments, '--check']) == 0  # ...which then agree.
   assert all(page.read_text() != text for page, text in zip(pages, before))
+  assert (results / 'MANIFEST.json').read_text() != manifest
+
+
+def _summarize_again(study: pathlib.Path) -> None:
+  """Rewrites a study's summary.json from its seed files."""
+  summary_path = study / 'summary.json'
+  summary = json.loads(summary_path.read_text())
+  for name, run in summary['runs'].items():
+    summary['runs'][name] = summaries.run_summary([
+        json.loads((study / name / f'seed-{seed}' / 'metrics.json').read_text())
+        for seed in run['seeds']])
+  summary_path.write_text(json.dumps(summary, indent=1))
 
 
 def test_unknown_or_missing_tables_are_errors(tmp_path):
   start = f'{pages_lib.GENERATED} -->\n'
   with pytest.raises(ValueError, match="unknown table 'nope'"):
-    pages_lib.render(f'<!-- nope:start {start}<!-- nope:end -->', _RESULTS)
+    pages_lib.render(f'<!-- nope:start {start}<!-- nope:end -->',
+                     inputs.Folder(_RESULTS))
   with pytest.raises(FileNotFoundError, match="'vit'"):
-    pages_lib.render(f'<!-- vit:start {start}<!-- vit:end -->', tmp_path)
+    pages_lib.render(f'<!-- vit:start {start}<!-- vit:end -->',
+                     inputs.Folder(tmp_path))
 
 
 def test_a_page_without_marked_tables_is_an_error(tmp_path, capsys):

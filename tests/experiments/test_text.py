@@ -4,6 +4,7 @@ import hashlib
 import json
 import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def _config(directory, **overrides):
   return config
 
 
-def test_files_are_split_disjointly_and_deterministically(corpus):
+def test_files_are_split_disjointly_and_deterministically(corpus, tmp_path):
   directory, written = corpus
   splits = text.split_files(directory)
   assert tuple(splits) == text.SPLITS
@@ -55,6 +56,9 @@ def test_files_are_split_disjointly_and_deterministically(corpus):
   assert sorted(listed) == sorted(written)  # Every file, each once.
   assert all(paths == sorted(paths) for paths in splits.values())
   assert text.split_files(directory) == splits
+  # Relative paths decide, wherever the corpus lies.
+  elsewhere = shutil.copytree(directory, tmp_path / 'elsewhere')
+  assert text.split_files(elsewhere) == splits
   for split, paths in splits.items():
     assert {text.split_of(path) for path in paths} == {split}
 
@@ -64,6 +68,7 @@ def test_adding_a_file_moves_no_other_file(corpus):
   before = text.split_files(directory)
   (directory / 'part0' / 'new.rst.txt').write_bytes(b'added')
   after = text.split_files(directory)
+  assert sum('part0/new.rst.txt' in paths for paths in after.values()) == 1
   for split in text.SPLITS:
     assert [p for p in after[split] if p != 'part0/new.rst.txt'] == (
         before[split])
@@ -135,7 +140,7 @@ def test_sequence_length_decides_the_splits(corpus):
 def test_validation_size_does_not_apply_to_text(corpus):
   directory, _ = corpus
   config = _config(directory, validation_size=5000)
-  assert not data.holds_out_validation(config.dataset)
+  assert data.is_text(config.dataset)
   assert base.fit_validation(config, 10) is None
   assert config.validation_size == 5000
   with pytest.raises(base.ValidationSizeError, match='files of its own'):
@@ -152,21 +157,25 @@ def test_a_corpus_that_is_not_there_says_how_to_get_one(tmp_path, make):
   spec = f'text:{directory}'
   data.check_spec(spec)
   for load in (lambda: data.load(spec), lambda: data.train_size(spec)):
-    with pytest.raises(data.DataUnavailableError,
-                       match=f'{re.escape(str(directory))}.*get_text_corpus.sh'):
+    with pytest.raises(
+        data.DataUnavailableError,
+        match=f'{re.escape(str(directory))}.*get_text_corpus.sh'):
       load()
 
 
 def test_an_empty_split_is_named(tmp_path):
   (tmp_path / 'only.txt').write_bytes(b'one file fills one split only' * 9)
-  with pytest.raises(ValueError, match=f'split of {re.escape(str(tmp_path))} makes no '
-                     r'example of 129 bytes: its 0 files hold 0 bytes'):
+  with pytest.raises(ValueError, match=f'split of {re.escape(str(tmp_path))} '
+                     'holds 0 bytes, too few for one example of '
+                     r'sequence_length \+ 1 = 129 bytes'):
     data.load(f'text:{tmp_path}')
 
 
 def test_unknown_specs_list_the_text_source():
   with pytest.raises(ValueError, match='"text:DIR"'):
     data.check_spec('txt:somewhere')
+  with pytest.raises(ValueError, match="'text:' names no directory"):
+    data.check_spec('text:')
 
 
 def test_the_split_record_lists_every_file_and_its_checksum(corpus,
