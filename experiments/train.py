@@ -138,7 +138,7 @@ def train_preset(preset: str, description: str,
   if parallel.is_writer():
     print(report.table(
         results, [config.optimizer.name for config in run_configs.values()],
-        bits_per_byte=all(not data.holds_out_validation(config.dataset)
+        bits_per_byte=all(data.is_text(config.dataset)
                           for config in run_configs.values())))
     report.write_summary(results, preset, out / 'summary.json')
     for path in report.write_figures(results, out):

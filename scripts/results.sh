@@ -3,7 +3,7 @@
 #
 #   scripts/results.sh            # everything, in order (hours on a 2-core CPU)
 #   scripts/results.sh f1 a3      # some sections: f1 f2 a3 conv7 conv7_seeds
-#                                 # prune vit vit_trials figures
+#                                 # prune vit vit_trials lm lm_trials figures
 #
 # Then it copies the runs' summary and metrics files to docs/results/ and
 # rewrites the tables of docs/RESULTS.md and README.md from them
@@ -102,13 +102,40 @@ section_vit_trials() {  # 5. the ViT's k and which leaves LaPerm permutes
     --out "$OUT/vit-also-permute"
 }
 
+section_lm() {  # 6. a byte-level language model (not in the paper), 3 seeds
+  local text
+  text=$(scripts/get_text_corpus.sh | tail -n 1)
+  run lm lm --dataset "$text" --seeds 3 --out "$OUT/lm"
+  "$PYTHON" -m experiments.text split "${text#text:}" \
+    --out docs/results/lm/text_split.json
+}
+
+section_lm_trials() {  # 6. the LM's learning rates, k and embeddings
+  local text lr k
+  text=$(scripts/get_text_corpus.sh | tail -n 1)
+  local trial=(--dataset "$text" --set max_examples=12800
+               --set eval_every_steps=0)
+  for lr in 3e-4 1e-3 3e-3; do
+    run "lm-adamw-lr$lr" lm "${trial[@]}" --runs adamw \
+      --set optimizer.learning_rate=$lr --out "$OUT/lm-adamw-lr$lr"
+  done
+  for k in 20 100 400; do
+    run "lm-laperm-k$k" lm "${trial[@]}" --runs laperm \
+      --set optimizer.sync_period=$k --out "$OUT/lm-laperm-k$k"
+  done
+  run lm-laperm-k100-also lm "${trial[@]}" --runs laperm \
+    --set optimizer.sync_period=100 \
+    --set "optimizer.also_permute=('embedding','pos_embedding','scale')" \
+    --out "$OUT/lm-laperm-k100-also"
+}
+
 section_figures() {  # the figures and exact-permutation checks
   "$PYTHON" -m experiments.results figures --runs "$OUT" --out docs/results
 }
 
 sections=("$@")
 [[ ${#sections[@]} -eq 0 ]] && sections=(f1 f2 a3 conv7 conv7_seeds prune vit \
-  vit_trials figures)
+  vit_trials lm_trials lm figures)
 for section in "${sections[@]}"; do
   "section_$section"
 done

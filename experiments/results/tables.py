@@ -17,6 +17,7 @@ freedom, ddof-1 standard deviation).
 """
 
 import dataclasses
+import math
 import pathlib
 import re
 from statistics import fmean as mean
@@ -360,6 +361,103 @@ def vit_trials(results: inputs.Inputs) -> Optional[str]:
                 'run time (s)'], rows, [False, True, True, True])
 
 
+def bits_spread(nats: Sequence[float], *, bold: bool = False,
+                with_range: bool = True) -> str:
+  """Losses in nats as bits per byte: ``2.345 +- 0.012 (2.331-2.360)``."""
+  bits = [value / math.log(2) for value in nats]
+  text = (f'{bits[0]:.3f}' if len(bits) == 1 else
+          f'{mean(bits):.3f} +- {std(bits):.3f}')
+  if bold:
+    text = f'**{text}**'
+  if with_range and len(bits) > 1:
+    text += f' ({min(bits):.3f}-{max(bits):.3f})'
+  return text
+
+
+def lm(results: inputs.Inputs) -> Optional[str]:
+  runs = results.runs('lm')
+  rows = []
+  for name, label in (('laperm', '`laperm` (k = {k}, derived layout)'),
+                      ('adamw', '`adamw` (learning rate {lr})')):
+    if name not in runs:
+      continue
+    run = runs[name]
+    optimizer = run.config['optimizer']
+    rows.append([label.format(k=optimizer['sync_period'],
+                              lr=optimizer['learning_rate']),
+                 seeds_text(run), bits_spread(run.values('best_val_loss')),
+                 bits_spread(run.values('test_loss_of_best'), bold=True),
+                 bits_spread(run.values('final_test_loss')),
+                 ' / '.join(f'{s:,}' for s in run.values('best_step')),
+                 seconds(run)])
+  if not rows:
+    return None
+  return table(['run', 'seeds', 'best val (bits/byte)',
+                'test bits/byte (best weights)', 'test bits/byte (final)',
+                'best at step', 'run time per seed (s)'],
+               rows, [False, True, True, True, True, False, True])
+
+
+LM_TRIALS = {'lm-adamw-lr3e-4': ('adamw', 'AdamW, learning rate 3e-4'),
+             'lm-adamw-lr1e-3': ('adamw', 'AdamW, learning rate 1e-3'),
+             'lm-adamw-lr3e-3': ('adamw', 'AdamW, learning rate 3e-3'),
+             'lm-laperm-k20': ('laperm', 'LaPerm, k = 20'),
+             'lm-laperm-k100': ('laperm', 'LaPerm, k = 100'),
+             'lm-laperm-k400': ('laperm', 'LaPerm, k = 400'),
+             'lm-laperm-k100-also': ('laperm', 'LaPerm, k = 100, embeddings '
+                                     'and LayerNorm scales permuted too')}
+
+
+def lm_trials(results: inputs.Inputs) -> Optional[str]:
+  rows = []
+  for study, (name, label) in LM_TRIALS.items():
+    run = results.runs(study).get(name)
+    if run is None:
+      continue
+    metrics = run.seeds[0]
+    rows.append([label, bits_spread([metrics['best_val_loss']]),
+                 bits_spread([metrics['test_loss_of_best']]),
+                 f'{metrics["seconds"]:,.0f}'])
+  if not rows:
+    return None
+  return table(['trial (400 steps, seed 0)', 'val bits/byte',
+                'test bits/byte', 'run time (s)'], rows,
+               [False, True, True, True])
+
+
+LM_SAMPLES = 'lm/samples.json'
+LM_CHECKS = 'lm/checks.json'
+
+
+def lm_samples(results: inputs.Inputs) -> Optional[str]:
+  samples = results.file(LM_SAMPLES)
+  if samples is None:
+    return None
+  lines = [f'Prompt `{samples["prompt"]}`, {samples["length"]} bytes at '
+           f'temperature {samples["temperature"]}, key '
+           f'`jax.random.key({samples["key"]})`:']
+  for name, written in samples['texts'].items():
+    lines += ['', f'{name} (seed {written["seed"]}, best weights):', '',
+              '```text', samples['prompt'] + written['text'], '```']
+  return '\n'.join(lines)
+
+
+def lm_checks(results: inputs.Inputs) -> Optional[str]:
+  checks = results.file(LM_CHECKS)
+  if checks is None:
+    return None
+  rows = []
+  for seed, seed_checks in checks['seeds'].items():
+    exact = seed_checks['kernels_exact_permutation_of_initial']
+    rows.append([seed, f'{sum(exact.values())} of {len(exact)}',
+                 'yes' if seed_checks[
+                     'best_kernels_exact_permutation_of_initial'] else 'NO',
+                 'yes' if seed_checks['adam_same_initial_weights'] else 'NO'])
+  return table(['seed', 'kernels exactly permuted (final, synced)',
+                'best weights too', "AdamW's initial weights equal"], rows,
+               [True, True, True, True])
+
+
 def _checks(results: inputs.Inputs) -> dict:
   return results.file(CHECKS) or {}
 
@@ -573,6 +671,10 @@ TABLES: dict[str, Table] = {
     'conv7-cycles': Table(conv7_cycles, files=(CHECKS,)),
     'vit': Table(vit, ('vit',)),
     'vit-trials': Table(vit_trials, _VIT_TRIALS),
+    'lm': Table(lm, ('lm',)),
+    'lm-trials': Table(lm_trials, tuple(LM_TRIALS)),
+    'lm-samples': Table(lm_samples, files=(LM_SAMPLES,)),
+    'lm-checks': Table(lm_checks, files=(LM_CHECKS,)),
     'results-table': Table(readme, (*_WEIGHT_AGNOSTIC[:3], *CONV7, 'vit',
                                     *_PRUNED)),
 }

@@ -2,6 +2,7 @@
 its loss in bits per byte, its best weights by validation loss, and text
 generation."""
 
+import json
 import math
 
 import jax
@@ -12,6 +13,7 @@ import pytest
 
 import laperm_jax as lp
 from experiments import checkpoints
+from experiments import cli
 from experiments import configs
 from experiments import generate
 from experiments import models
@@ -19,6 +21,8 @@ from experiments import monitor
 from experiments import optimizers
 from experiments import report
 from experiments import steps
+from experiments.results import checks as checks_lib
+from experiments.results import restore
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_width=32, max_length=8)
 
@@ -142,3 +146,61 @@ def test_sampled_generation_is_reproducible_from_the_key():
   assert len(write(1)) == 24
   with pytest.raises(ValueError, match='at least one byte'):
     generate.generate(model, params, b'', 4, jax.random.key(0))
+
+
+def _write_text_corpus(directory):
+  """60 small files of English-like text; every split gets some."""
+  words = ('the list type has methods append extend insert remove pop '
+           'index count sort reverse copy and a dictionary maps keys to '
+           'values while a set holds unique items').split()
+  rng = np.random.default_rng(0)
+  for index in range(60):
+    path = directory / f'part{index % 3}' / f'doc{index}.rst.txt'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sentences = [' '.join(rng.choice(words, 12)).capitalize() + '.'
+                 for _ in range(30)]
+    path.write_text('\n'.join(sentences))
+
+
+def test_lm_quick_trains_both_optimizers_on_a_small_text(tmp_path, capsys):
+  corpus = tmp_path / 'corpus'
+  _write_text_corpus(corpus)
+  argv = ['lm', '--quick', '--dataset', f'text:{corpus}', '--no-progress',
+          '--out', str(tmp_path / 'out'), '--set', 'model.depth=1',
+          '--set', 'model.width=32', '--set', 'model.mlp_width=64']
+  results = cli.run('lm', cli.parser().parse_args(argv))
+  assert [seeds[0].name for seeds in results] == ['laperm', 'adamw']
+  laperm, adamw = results[0][0], results[1][0]
+  for result in (laperm, adamw):
+    assert all(np.isfinite(record['train_loss'])
+               for record in result.history)
+    # Best weights by validation loss; the losses are per byte, in nats.
+    val_losses = [record['val_loss'] for record in result.history
+                  if 'val_loss' in record]
+    assert result.best_val_loss == min(val_losses)
+    assert 0 < result.test_loss < math.log(256) + 1
+  metrics = json.loads((tmp_path / 'out' / 'laperm' / 'metrics.json'
+                        ).read_text())
+  assert metrics['test_loss_of_best'] == laperm.test_loss
+  # Two monitored kernels, named, at every evaluation.
+  assert {entry['kernel'] for entry in laperm.monitor} == set(
+      configs.get('lm').config.monitor_kernels)
+  # Rebuilt from its files as the results pipeline does: LaPerm's kernels
+  # are permutations of the same initial weights as AdamW's, fan-in by
+  # fan-in, bit for bit.
+  restored = {name: restore.restore(tmp_path / 'out' / name)
+              for name in ('laperm', 'adamw')}
+  laperm_run = restored['laperm']
+  arrays = laperm_run.arrays[0]
+  checks = checks_lib.vit_seed(
+      laperm_run.initials[0],
+      lp.synchronize(arrays['state'].params, arrays['state'].opt_state),
+      arrays['best_params'], restored['adamw'].initials[0],
+      checks_lib.kernel_axes(laperm_run.layout, laperm_run.initials[0]))
+  assert len(checks['kernels_exact_permutation_of_initial']) == 7
+  assert all(checks['kernels_exact_permutation_of_initial'].values())
+  assert checks['best_kernels_exact_permutation_of_initial']
+  assert checks['adam_same_initial_weights']
+  assert sum(checks['fraction_moved'].values()) > 0
+  table = capsys.readouterr().out
+  assert 'test bpb' in table and 'laperm' in table

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import configs
+from experiments import data
 from experiments import state as state_lib
 from experiments import steps
 
@@ -40,21 +41,26 @@ def _run_configs(preset_name):
 
 def _programs(config):
   """The programs a run of ``config`` calls, with abstract arguments."""
-  image_shape = IMAGE_SHAPES[config.dataset]
+  text = data.is_text(config.dataset)
+  # A text source: windows of bytes, each labelled with the next bytes.
+  image_shape = ((config.sequence_length,) if text
+                 else IMAGE_SHAPES[config.dataset])
   rebuilt = []  # The run as training sets it up, traced without computing.
 
   def initial_state():
     rebuilt.append(state_lib.initial_run(
-        config, (config.seed,), num_classes=10, image_shape=image_shape,
-        steps_per_epoch=STEPS_PER_EPOCH))
+        config, (config.seed,), num_classes=256 if text else 10,
+        image_shape=image_shape, steps_per_epoch=STEPS_PER_EPOCH))
     return steps.stack_seeds(rebuilt[0].states)
 
   state = jax.eval_shape(initial_state)
   model = rebuilt[0].model
   together = bool(config.seeds_in_one_step)
   examples = STEPS_PER_EPOCH * config.batch_size
-  images = jax.ShapeDtypeStruct((examples, *image_shape), jnp.float32)
-  labels = jax.ShapeDtypeStruct((examples,), jnp.int32)
+  images = jax.ShapeDtypeStruct((examples, *image_shape),
+                                jnp.int32 if text else jnp.float32)
+  labels = jax.ShapeDtypeStruct(
+      (examples, *image_shape) if text else (examples,), jnp.int32)
   index = jax.ShapeDtypeStruct((), jnp.int32)
   keys = jax.eval_shape(lambda: jax.random.split(
       jax.random.key(0), (1, STEPS_PER_EPOCH)))

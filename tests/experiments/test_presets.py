@@ -91,7 +91,7 @@ def test_quick_runs_are_small_with_syncs_inside(preset):
 @pytest.mark.parametrize('preset', configs.names())
 def test_a_validation_split_too_large_for_digits_is_scaled(preset):
   for run in configs.get(preset).runs:
-    config = configs.get(preset).run_config(run)
+    config = configs.get(preset).run_config(run, {'dataset': 'digits'})
     asked = config.validation_size
     note = base.fit_validation(config, 1497)
     if asked < 1497:
