@@ -27,6 +27,7 @@ trains a causal Transformer on text. Where each setting comes from:
   evenly over the training files (``data.take``); validation every 200
   steps on all validation files; the best weights by validation loss,
   reported in bits per byte on the test files.
+- Seeds: trained together, one jitted step for all (``--seeds 3``).
 - Monitor: the ranking distance of one attention kernel and one MLP kernel
   (the A.3 view, for a language model).
 """
@@ -58,6 +59,7 @@ def lm() -> base.Preset:
   config.epochs = 1
   config.eval_every_steps = 200
   config.best_by = 'val_loss'
+  config.seeds_in_one_step = True  # One program for --seeds: one compile.
   config.monitor = True
   config.monitor_kernels = ('decoder_1/attention/query/kernel',
                             'decoder_1/mlp_1/kernel')

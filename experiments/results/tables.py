@@ -618,6 +618,7 @@ def readme(results: inputs.Inputs) -> Optional[str]:
                  str(len(runs['laperm'].seeds)),
                  spread(runs['laperm'].values('test_accuracy_of_best'),
                         with_range=False), others])
+  rows += _lm_readme_rows(results)
   pruned = [results.runs(f'conv7-prune-{rate}').get('laperm')
             for rate in ('0.5', '0.7', '0.9')]
   if all(pruned):
@@ -629,6 +630,22 @@ def readme(results: inputs.Inputs) -> Optional[str]:
     return None
   return table(['experiment', 'setting', 'seeds', 'LaPerm', 'beside it'],
                rows, [False, False, True, True, False])
+
+
+def _lm_readme_rows(results: inputs.Inputs) -> list[list[str]]:
+  """The language model's row of the README's table, in bits per byte."""
+  runs = results.runs('lm')
+  if 'laperm' not in runs or 'adamw' not in runs:
+    return []
+  laperm, adamw = runs['laperm'], runs['adamw']
+  steps = laperm.config['max_examples'] // laperm.config['batch_size']
+  return [[f'Byte-level Transformer LM (not in the paper), k = '
+           f'{laperm.config["optimizer"]["sync_period"]}: test bits per '
+           'byte, lower is better', f'{steps:,} steps on Python\'s docs',
+           str(len(laperm.seeds)),
+           bits_spread(laperm.values('test_loss_of_best'), with_range=False),
+           'AdamW ' + bits_spread(adamw.values('test_loss_of_best'),
+                                  with_range=False)]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -676,7 +693,7 @@ TABLES: dict[str, Table] = {
     'lm-samples': Table(lm_samples, files=(LM_SAMPLES,)),
     'lm-checks': Table(lm_checks, files=(LM_CHECKS,)),
     'results-table': Table(readme, (*_WEIGHT_AGNOSTIC[:3], *CONV7, 'vit',
-                                    *_PRUNED)),
+                                    'lm', *_PRUNED)),
 }
 
 
