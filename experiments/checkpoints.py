@@ -231,13 +231,13 @@ def setting_changes(saved: dict[str, Any], config: ml_collections.ConfigDict,
              if key not in UNCHECKED_SETTINGS and not (
                  key == 'epochs' and values[1] >= epochs_done)}
   if refused:
-    listed = '; '.join(f'{key}: checkpoint {old!r}, given {new!r}'
-                       for key, (old, new) in refused.items())
-    hint = (f' (the checkpoint has {epochs_done} epochs done)'
-            if 'epochs' in refused else '')
+    listed = '; '.join(
+        f'{key}: checkpoint {old!r}, given {new!r}' + (
+            f' (below the {epochs_done} epochs done)' if key == 'epochs'
+            else '') for key, (old, new) in refused.items())
     raise CheckpointError(
         f'--resume: the settings differ from those {where} was written with: '
-        f'{listed}{hint}. Resume with the same settings, or train in another '
+        f'{listed}. Resume with the same settings, or train in another '
         'output directory.')
   return changed
 
@@ -318,6 +318,11 @@ def _read_record(checkpoints: ocp.CheckpointManager, step: int,
 def _read_json(checkpoints: ocp.CheckpointManager, step: int, item: str,
                directory: pathlib.Path) -> dict[str, Any]:
   """The JSON item ``item`` of checkpoint ``step``."""
+  if not (directory / item).is_dir():
+    raise CheckpointError(
+        f'checkpoint {step} is damaged: it has no {directory}/{item} (a '
+        'checkpoint written before they held digests and settings cannot be '
+        'verified either)')
   try:
     return checkpoints.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.JsonRestore()}))[item]

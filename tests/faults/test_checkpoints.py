@@ -113,6 +113,8 @@ DAMAGE = {
     'progress JSON, truncated': (
         lambda step: _truncate(step / 'progress' / 'metadata'),
         'progress cannot be read (JSONDecodeError'),
+    'digests, missing (as in checkpoints written before digests)': (
+        lambda step: shutil.rmtree(step / 'digests'), 'has no '),
     'digests JSON, bit': (
         lambda step: _flip_digit(step / 'digests' / 'metadata'),
         DIGEST_MISMATCH),
@@ -170,8 +172,8 @@ def test_the_intact_checkpoint_resumes_to_the_uninterrupted_run(
     ({'optimizer.learning_rate': 0.5},
      ['optimizer.learning_rate: checkpoint 0.001, given 0.5']),
     ({'init.value': 0.5}, ['init.value: checkpoint 0.08, given 0.5']),
-    ({'epochs': 1}, ['epochs: checkpoint 2, given 1 (the checkpoint has 2 '
-                     'epochs done)']),
+    ({'epochs': 1}, ['epochs: checkpoint 2, given 1 (below the 2 epochs '
+                     'done)']),
     ({'optimizer.learning_rate': 0.5, 'init.value': 0.5, 'batch_size': 16},
      ['batch_size: checkpoint 32, given 16', 'init.value: checkpoint 0.08',
       'optimizer.learning_rate: checkpoint 0.001']),
