@@ -382,5 +382,6 @@ def _fallback(checkpoints: ocp.CheckpointManager, damaged: int, like: Carried,
 def _first_line(error: Exception) -> str:
   """An exception as one short line (TensorStore's run to many)."""
   lines = str(error).strip().splitlines() or ['']
-  line = lines[0] if len(lines[0]) <= 300 else lines[0][:297] + '...'
+  line = lines[0].split(' See full TensorStore details')[0].rstrip('.')
+  line = line if len(line) <= 300 else line[:297] + '...'
   return f'{type(error).__name__}: {line}'
