@@ -86,6 +86,13 @@ def _flip_bit(path: pathlib.Path, offset: int, bit: int = 0x10) -> None:
   path.write_bytes(bytes(data_bytes))
 
 
+def _flip_digit(path: pathlib.Path) -> None:
+  """Flips the lowest bit of the last even digit: still JSON, other values."""
+  text = path.read_bytes()
+  _flip_bit(path, max(text.rfind(digit) for digit in (b'2', b'4', b'6', b'8')),
+            bit=0x01)
+
+
 def _truncate(path: pathlib.Path) -> None:
   path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
@@ -119,13 +126,6 @@ DAMAGE = {
         lambda step: _flip_digit(step / 'digests' / 'metadata'),
         DIGEST_MISMATCH),
 }
-
-
-def _flip_digit(path: pathlib.Path) -> None:
-  """Flips the lowest bit of the last even digit: still JSON, other values."""
-  text = path.read_bytes()
-  _flip_bit(path, max(text.rfind(digit) for digit in (b'2', b'4', b'6', b'8')),
-            bit=0x01)
 
 
 # A garbled manifest leaves an orbax thread reporting to a closed event loop.
