@@ -216,7 +216,9 @@ def test_resume_needs_the_directory_that_names_the_runs(tmp_path, capsys):
   line = capsys.readouterr().err.splitlines()[-1]
   assert f'{tmp_path} holds no checkpoint to continue of the runs laperm' in (
       line)
-  assert 'checkpoints lie deeper' in line
+  assert (f'checkpoints lie in {tmp_path}/laperm/extra: --out must be the '
+          f'directory that holds the run folders, e.g. {tmp_path}/laperm)'
+          in line)
   assert sorted(tmp_path.rglob('*')) == before
   for out in ('myrun', 'seeds'):  # The directories that name the run.
     cli.check_resume(cli.parser().parse_args(
