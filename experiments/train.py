@@ -25,6 +25,7 @@ split at the end. Test data never picks weights.
 """
 
 import dataclasses
+import json
 import pathlib
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -236,8 +237,8 @@ def _train_together(config, seeds, splits, num_classes, workdir, mesh, name,
   run, initial = _set_up(config, seeds, splits, num_classes, workdir, mesh,
                          name)
   with checkpoints.manager(workdir) as manager:
-    carried, epochs_done, progress = _restore_or_start(run, initial, manager,
-                                                       resume)
+    carried, epochs_done, progress, resumed = _restore_or_start(
+        run, initial, manager, resume)
     bar = tqdm.trange(epochs_done, config.epochs, desc=name,
                       initial=epochs_done, total=config.epochs,
                       disable=not (config.progress and parallel.is_writer()),
@@ -248,8 +249,11 @@ def _train_together(config, seeds, splits, num_classes, workdir, mesh, name,
                        last_record.items() if key not in ('epoch', 'step')})
       if (epoch + 1) % config.checkpoint_every == 0 or (
           epoch + 1 == config.epochs):
-        checkpoints.save(manager, epoch + 1, carried, run.seeds, progress)
-  return _results(run, carried, progress, start_time)
+        checkpoints.save(manager, epoch + 1, carried, run.seeds, progress,
+                         config, resumed)
+  results = _results(run, carried, progress, start_time)
+  _record_resumes(run, resumed)
+  return results
 
 
 def _set_up(config, seeds, splits, num_classes, workdir, mesh, name
@@ -292,14 +296,21 @@ def _set_up(config, seeds, splits, num_classes, workdir, mesh, name
 def _restore_or_start(run: _Run, initial: checkpoints.Carried, manager,
                       resume: bool
                       ) -> tuple[checkpoints.Carried, int,
-                                 list[checkpoints.Progress]]:
+                                 list[checkpoints.Progress],
+                                 list[dict[str, Any]]]:
   """The latest checkpoint with ``resume``, else a fresh start.
+
+  Returns:
+    The carried arrays, the epochs done, every seed's progress, and the
+    resumes that changed settings (``checkpoints.Restored.resumed``).
 
   Raises:
     FileExistsError: Not resuming, but the directory holds checkpoints.
+    CheckpointError: The checkpoint is damaged, or of other settings.
   """
   if resume:
-    restored = checkpoints.restore(manager, initial, run.seeds, run.workdir)
+    restored = checkpoints.restore(manager, initial, run.seeds, run.config,
+                                   run.workdir)
     if restored is not None:
       return restored
   elif manager.latest_step() is not None:
@@ -314,7 +325,23 @@ def _restore_or_start(run: _Run, initial: checkpoints.Carried, manager,
       seed_progress.monitor.append(monitor.record(
           0, initial.previous_kernel[index], initial.previous_kernel[index],
           val_loss[index]))
-  return initial, 0, progress
+  return initial, 0, progress, []
+
+
+def _record_resumes(run: _Run, resumed: list[dict[str, Any]]) -> None:
+  """Lists the resumes that changed settings in every ``metrics.json``.
+
+  The config a ``metrics.json`` holds is the last one's; ``resumed`` says
+  from which epoch on each changed setting held (``checkpoints``).
+  """
+  if not (resumed and parallel.is_writer()):
+    return
+  for seed in run.seeds:
+    path = (run.workdir if len(run.seeds) == 1 else
+            run.workdir / f'seed-{seed}') / 'metrics.json'
+    metrics = json.loads(path.read_text())
+    metrics['resumed'] = resumed
+    path.write_text(json.dumps(metrics, indent=1))
 
 
 def _train_epoch(run: _Run, carried: checkpoints.Carried,
