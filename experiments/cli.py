@@ -177,14 +177,45 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
 
 
 def check_resume(args: argparse.Namespace) -> None:
-  """Raises UsageError unless a ``--resume`` has checkpoints to continue."""
+  """Raises UsageError unless a ``--resume`` has checkpoints to continue.
+
+  ``--out`` must be the directory the preset wrote: its runs' checkpoints
+  are ``OUT/RUN/checkpoints`` or, per seed, ``OUT/RUN/seed-S/checkpoints``,
+  for the preset's runs (or those ``--runs`` names). Checkpoints nested
+  deeper belong to another output directory and are never resumed.
+  """
   if not args.resume:
     return
   if args.out is None:
     raise UsageError('--resume needs --out, the directory of the runs')
-  if not any(path.is_dir() and any(path.iterdir())
-             for path in args.out.glob('**/checkpoints')):
-    raise UsageError(f'--resume: {args.out} holds no checkpoint to continue')
+  runs = args.runs.split(',') if args.runs else configs.get(args.preset).runs
+  if not any(_holds_checkpoints(args.out / run) for run in runs):
+    elsewhere = sorted(path.parent for path in args.out.glob('**/checkpoints')
+                       if path.is_dir() and any(path.iterdir()))
+    hint = ''
+    if elsewhere:
+      run_dir = elsewhere[0]
+      if _is_seed_folder(run_dir):
+        run_dir = run_dir.parent
+      hint = (f' (checkpoints lie in {elsewhere[0]}: --out must be the '
+              f'directory that holds the run folders, e.g. {run_dir.parent})')
+    raise UsageError(f'--resume: {args.out} holds no checkpoint to continue '
+                     f'of the runs {", ".join(runs)}{hint}')
+
+
+def _holds_checkpoints(run_dir: pathlib.Path) -> bool:
+  """Whether ``run_dir/checkpoints`` or a ``run_dir/seed-S/checkpoints``
+  holds a checkpoint."""
+  folders = [run_dir] + [folder for folder in run_dir.glob('seed-*')
+                         if _is_seed_folder(folder)]
+  return any((folder / 'checkpoints').is_dir() and
+             any((folder / 'checkpoints').iterdir()) for folder in folders)
+
+
+def _is_seed_folder(folder: pathlib.Path) -> bool:
+  """Whether ``folder`` is a run's ``seed-S`` folder."""
+  return (folder.name.startswith('seed-') and
+          folder.name[len('seed-'):].isdigit())
 
 
 def run(preset_name: str, args: argparse.Namespace

@@ -65,8 +65,13 @@ class RunResult:
 
 
 def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
-                  path: pathlib.Path) -> None:
-  """Writes a run's config, per-epoch history and final numbers as JSON."""
+                  path: pathlib.Path,
+                  resumed: Sequence[dict[str, Any]] = ()) -> None:
+  """Writes a run's config, per-epoch history and final numbers as JSON.
+
+  ``config`` is the last resume's; ``resumed`` (``checkpoints``), written
+  when not empty, says from which epoch on each changed setting held.
+  """
   path.write_text(json.dumps({
       'name': result.name,
       'seed': result.seed,
@@ -82,6 +87,7 @@ def write_metrics(result: RunResult, config: ml_collections.ConfigDict,
       'final_test_loss': result.final_test_loss,
       'seconds': result.seconds,
       'monitor': monitor.to_json(result.monitor),
+      **({'resumed': list(resumed)} if resumed else {}),
   }, indent=1))
 
 _COLUMNS = (('run', 24), ('optimizer', 10), ('seeds', 5), ('best ep', 8),

@@ -238,8 +238,8 @@ def _train_together(config, seeds, splits, num_classes, workdir, mesh, name,
   run, initial = _set_up(config, seeds, splits, num_classes, workdir, mesh,
                          name)
   with checkpoints.manager(workdir) as manager:
-    carried, epochs_done, progress = _restore_or_start(run, initial, manager,
-                                                       resume)
+    carried, epochs_done, progress, resumed = _restore_or_start(
+        run, initial, manager, resume)
     bar = tqdm.trange(epochs_done, config.epochs, desc=name,
                       initial=epochs_done, total=config.epochs,
                       disable=not (config.progress and parallel.is_writer()),
@@ -250,8 +250,9 @@ def _train_together(config, seeds, splits, num_classes, workdir, mesh, name,
                        last_record.items() if key not in ('epoch', 'step')})
       if (epoch + 1) % config.checkpoint_every == 0 or (
           epoch + 1 == config.epochs):
-        checkpoints.save(manager, epoch + 1, carried, run.seeds, progress)
-  return _results(run, carried, progress, start_time)
+        checkpoints.save(manager, epoch + 1, carried, run.seeds, progress,
+                         config, resumed)
+  return _results(run, carried, progress, start_time, resumed)
 
 
 def _set_up(config, seeds, splits, num_classes, workdir, mesh, name
@@ -293,14 +294,21 @@ def _set_up(config, seeds, splits, num_classes, workdir, mesh, name
 def _restore_or_start(run: _Run, initial: checkpoints.Carried, manager,
                       resume: bool
                       ) -> tuple[checkpoints.Carried, int,
-                                 list[checkpoints.Progress]]:
+                                 list[checkpoints.Progress],
+                                 list[dict[str, Any]]]:
   """The latest checkpoint with ``resume``, else a fresh start.
+
+  Returns:
+    The carried arrays, the epochs done, every seed's progress, and the
+    resumes that changed settings (``checkpoints.Restored.resumed``).
 
   Raises:
     FileExistsError: Not resuming, but the directory holds checkpoints.
+    CheckpointError: The checkpoint is damaged, or of other settings.
   """
   if resume:
-    restored = checkpoints.restore(manager, initial, run.seeds, run.workdir)
+    restored = checkpoints.restore(manager, initial, run.seeds, run.config,
+                                   run.workdir)
     if restored is not None:
       return restored
   elif manager.latest_step() is not None:
@@ -315,7 +323,7 @@ def _restore_or_start(run: _Run, initial: checkpoints.Carried, manager,
       seed_progress.monitor.extend(_monitor_records(
           run.config, (0, 0), initial.previous_kernel,
           initial.previous_kernel, index, val_loss[index]))
-  return initial, 0, progress
+  return initial, 0, progress, []
 
 
 def _train_epoch(run: _Run, carried: checkpoints.Carried,
@@ -410,9 +418,10 @@ def _monitor_records(config: ml_collections.ConfigDict,
 
 
 def _results(run: _Run, carried: checkpoints.Carried,
-             progress: list[checkpoints.Progress], start_time: float
-             ) -> list[report.RunResult]:
-  """Scores every seed on the test split and writes its ``metrics.json``."""
+             progress: list[checkpoints.Progress], start_time: float,
+             resumed: Sequence[dict[str, Any]]) -> list[report.RunResult]:
+  """Scores every seed on the test split and writes its ``metrics.json``
+  (with the resumes that changed settings, ``resumed``)."""
   test = parallel.put(run.mesh, run.splits['test'])
   best = (carried.best_params, carried.best_batch_stats)
   final = (run.eval_weights(carried.state), carried.state.batch_stats)
@@ -445,5 +454,6 @@ def _results(run: _Run, carried: checkpoints.Carried,
       metrics_dir = run.workdir if len(progress) == 1 else (
           run.workdir / f'seed-{seed_config.seed}')
       metrics_dir.mkdir(exist_ok=True)
-      report.write_metrics(result, seed_config, metrics_dir / 'metrics.json')
+      report.write_metrics(result, seed_config, metrics_dir / 'metrics.json',
+                           resumed=resumed)
   return results
