@@ -398,12 +398,12 @@ def lm(results: inputs.Inputs) -> Optional[str]:
                rows, [False, True, True, True, True, False, True])
 
 
-LM_TRIALS = {'lm-adamw-lr3e-4': ('adamw', 'AdamW, learning rate 3e-4'),
-             'lm-adamw-lr1e-3': ('adamw', 'AdamW, learning rate 1e-3'),
+LM_TRIALS = {'lm-adamw-lr1e-3': ('adamw', 'AdamW, learning rate 1e-3'),
              'lm-adamw-lr3e-3': ('adamw', 'AdamW, learning rate 3e-3'),
+             'lm-adamw-lr1e-2': ('adamw', 'AdamW, learning rate 1e-2'),
              'lm-laperm-k20': ('laperm', 'LaPerm, k = 20'),
              'lm-laperm-k100': ('laperm', 'LaPerm, k = 100'),
-             'lm-laperm-k400': ('laperm', 'LaPerm, k = 400'),
+             'lm-laperm-k300': ('laperm', 'LaPerm, k = 300'),
              'lm-laperm-k100-also': ('laperm', 'LaPerm, k = 100, embeddings '
                                      'and LayerNorm scales permuted too')}
 
@@ -420,7 +420,7 @@ def lm_trials(results: inputs.Inputs) -> Optional[str]:
                  f'{metrics["seconds"]:,.0f}'])
   if not rows:
     return None
-  return table(['trial (400 steps, seed 0)', 'val bits/byte',
+  return table(['trial (300 steps, seed 0)', 'val bits/byte',
                 'test bits/byte', 'run time (s)'], rows,
                [False, True, True, True])
 
