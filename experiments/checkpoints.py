@@ -146,6 +146,47 @@ class Restored(NamedTuple):
   resumed: list[dict[str, Any]]
 
 
+def check_resumable(out: pathlib.Path, runs: Sequence[str]) -> None:
+  """Raises unless ``out`` holds a checkpoint of one of ``runs``.
+
+  ``out`` must be the directory a preset wrote: its runs' checkpoints are
+  ``OUT/RUN/checkpoints`` or, per seed, ``OUT/RUN/seed-S/checkpoints``.
+  Checkpoints nested deeper belong to another output directory and are
+  never resumed; the error says where they lie.
+
+  Raises:
+    CheckpointError: None of ``runs`` has a checkpoint in ``out``.
+  """
+  if any(_holds_checkpoints(out / run) for run in runs):
+    return
+  elsewhere = sorted(path.parent for path in out.glob('**/checkpoints')
+                     if path.is_dir() and any(path.iterdir()))
+  hint = ''
+  if elsewhere:
+    run_dir = elsewhere[0]
+    if _is_seed_folder(run_dir):
+      run_dir = run_dir.parent
+    hint = (f' (checkpoints lie in {elsewhere[0]}: --out must be the '
+            f'directory that holds the run folders, e.g. {run_dir.parent})')
+  raise CheckpointError(f'{out} holds no checkpoint to continue of the runs '
+                        f'{", ".join(runs)}{hint}')
+
+
+def _holds_checkpoints(run_dir: pathlib.Path) -> bool:
+  """Whether ``run_dir/checkpoints`` or a ``run_dir/seed-S/checkpoints``
+  holds a checkpoint."""
+  folders = [run_dir] + [folder for folder in run_dir.glob('seed-*')
+                         if _is_seed_folder(folder)]
+  return any((folder / 'checkpoints').is_dir() and
+             any((folder / 'checkpoints').iterdir()) for folder in folders)
+
+
+def _is_seed_folder(folder: pathlib.Path) -> bool:
+  """Whether ``folder`` is a run's ``seed-S`` folder."""
+  return (folder.name.startswith('seed-') and
+          folder.name[len('seed-'):].isdigit())
+
+
 def manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
   """The checkpoint manager of a run's directory; keeps the latest two.
 

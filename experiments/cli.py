@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import ml_collections
 
+from experiments import checkpoints
 from experiments import configs
 from experiments import data
 from experiments import download
@@ -90,17 +91,14 @@ def parser() -> argparse.ArgumentParser:
       help='one of: ' + ', '.join(configs.names()))
   add('--list', action='store_true', help='list the presets and exit')
   add('--dataset', help="'digits' (embedded), 'idx:DIR', 'text:DIR', or a "
-      "TFDS name (mnist, fashion_mnist, cifar10, tiny_shakespeare); "
-      "default: the preset's")
+      f"TFDS name ({', '.join(data.TFDS_NAMES)}); default: the preset's")
   add('--data-dir', help="TFDS data_dir holding prepared data (default: "
       "TFDS's, ~/tensorflow_datasets)")
-  add('--download', action=argparse.BooleanOptionalAction,
-      help='download and prepare a TFDS dataset (mnist, fashion_mnist, '
-      'cifar10, tiny_shakespeare) missing from --data-dir, without checking '
-      'the network first (TFDS retries for minutes where there is none); '
-      f'default: if its download host answers within '
-      f'{download.CHECK_TIMEOUT:g} s, else '
-      'stop at once')
+  add('--download', action=argparse.BooleanOptionalAction, help=(
+      f'download and prepare a TFDS dataset ({", ".join(data.TFDS_NAMES)}) '
+      'missing from --data-dir, without checking the network first (TFDS '
+      'retries for minutes where there is none); default: if its download '
+      f'host answers within {download.CHECK_TIMEOUT:g} s, else stop at once'))
   add('--out', type=pathlib.Path,
       help='output directory (default: runs/PRESET-TIMESTAMP)')
   add('--resume', action='store_true',
@@ -177,45 +175,17 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
 
 
 def check_resume(args: argparse.Namespace) -> None:
-  """Raises UsageError unless a ``--resume`` has checkpoints to continue.
-
-  ``--out`` must be the directory the preset wrote: its runs' checkpoints
-  are ``OUT/RUN/checkpoints`` or, per seed, ``OUT/RUN/seed-S/checkpoints``,
-  for the preset's runs (or those ``--runs`` names). Checkpoints nested
-  deeper belong to another output directory and are never resumed.
-  """
+  """Raises UsageError unless a ``--resume`` has checkpoints to continue
+  (``checkpoints.check_resumable``: in ``--out``'s run folders only)."""
   if not args.resume:
     return
   if args.out is None:
     raise UsageError('--resume needs --out, the directory of the runs')
   runs = args.runs.split(',') if args.runs else configs.get(args.preset).runs
-  if not any(_holds_checkpoints(args.out / run) for run in runs):
-    elsewhere = sorted(path.parent for path in args.out.glob('**/checkpoints')
-                       if path.is_dir() and any(path.iterdir()))
-    hint = ''
-    if elsewhere:
-      run_dir = elsewhere[0]
-      if _is_seed_folder(run_dir):
-        run_dir = run_dir.parent
-      hint = (f' (checkpoints lie in {elsewhere[0]}: --out must be the '
-              f'directory that holds the run folders, e.g. {run_dir.parent})')
-    raise UsageError(f'--resume: {args.out} holds no checkpoint to continue '
-                     f'of the runs {", ".join(runs)}{hint}')
-
-
-def _holds_checkpoints(run_dir: pathlib.Path) -> bool:
-  """Whether ``run_dir/checkpoints`` or a ``run_dir/seed-S/checkpoints``
-  holds a checkpoint."""
-  folders = [run_dir] + [folder for folder in run_dir.glob('seed-*')
-                         if _is_seed_folder(folder)]
-  return any((folder / 'checkpoints').is_dir() and
-             any((folder / 'checkpoints').iterdir()) for folder in folders)
-
-
-def _is_seed_folder(folder: pathlib.Path) -> bool:
-  """Whether ``folder`` is a run's ``seed-S`` folder."""
-  return (folder.name.startswith('seed-') and
-          folder.name[len('seed-'):].isdigit())
+  try:
+    checkpoints.check_resumable(args.out, runs)
+  except checkpoints.CheckpointError as error:
+    raise UsageError(f'--resume: {error}') from error
 
 
 def run(preset_name: str, args: argparse.Namespace
