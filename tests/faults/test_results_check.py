@@ -135,7 +135,7 @@ def test_a_summary_its_seed_files_do_not_give_is_refused(copy, capsys):
     ('f1/laperm/seed-3/extra/metrics.json', 'f1/laperm/seed-3/extra/'),
     ('f1/laperm/notes.txt', 'f1/laperm/notes.txt'),
     ('extra.json', 'extra.json'),
-    ('lm/summary.json', 'lm/'),  # A study that no table declares (yet).
+    ('gpt/summary.json', 'gpt/'),  # A study that no table declares.
 ])
 def test_a_stray_file_or_folder_fails_naming_it(copy, capsys, stray, named):
   results, arguments = copy
