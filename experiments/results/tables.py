@@ -400,10 +400,8 @@ def lm(results: inputs.Inputs) -> Optional[str]:
 
 LM_TRIALS = {'lm-adamw-lr1e-3': ('adamw', 'AdamW, learning rate 1e-3'),
              'lm-adamw-lr3e-3': ('adamw', 'AdamW, learning rate 3e-3'),
-             'lm-adamw-lr1e-2': ('adamw', 'AdamW, learning rate 1e-2'),
              'lm-laperm-k20': ('laperm', 'LaPerm, k = 20'),
              'lm-laperm-k100': ('laperm', 'LaPerm, k = 100'),
-             'lm-laperm-k300': ('laperm', 'LaPerm, k = 300'),
              'lm-laperm-k100-also': ('laperm', 'LaPerm, k = 100, embeddings '
                                      'and LayerNorm scales permuted too')}
 
