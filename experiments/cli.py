@@ -9,7 +9,6 @@ import argparse
 import difflib
 import json
 import pathlib
-import sys
 from typing import Any, Callable, Optional, Sequence, Union
 
 import ml_collections
@@ -17,6 +16,7 @@ import ml_collections
 from experiments import configs
 from experiments import data
 from experiments import download
+from experiments import errors
 from experiments import parallel
 from experiments import report
 from experiments import train
@@ -125,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
       help="JAX's persistent compilation cache: a rerun of a preset skips "
       'compiling what it compiled before (default: $XDG_CACHE_HOME/'
       'laperm-jax/jax, ~/.cache if unset; off: none)')
+  add('--debug', action='store_true',
+      help='tracebacks instead of one error line for failures of I/O')
   add = cli.add_argument_group(
       'several processes', 'one process per host, all with the same '
       'arguments (docs/several_hosts.md); they train on all their devices'
@@ -223,7 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """Parses the command line and runs the preset.
 
   Bad input stops with one ``error:`` line and exit status 2 before anything
-  runs (argparse's convention); data that cannot be had, with status 1.
+  runs (argparse's convention); data that cannot be had, or a file that
+  cannot be read or written (``errors``), with status 1.
   """
   cli = parser()
   args = cli.parse_args(argv)
@@ -238,8 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   except ValueError as error:  # The process options contradict.
     cli.error(str(error))
   try:
-    run(args.preset, args)
+    with errors.reported(debug=args.debug):
+      run(args.preset, args)
   except UsageError as error:
     cli.error(str(error))
-  except data.DataUnavailableError as error:
-    sys.exit(f'error: {error}')

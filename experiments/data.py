@@ -26,6 +26,7 @@ import difflib
 import gzip
 import pathlib
 from typing import Any, NamedTuple, Optional
+import zlib
 
 import ml_collections
 import numpy as np
@@ -290,14 +291,24 @@ def _load_digits(seed: int) -> tuple[Split, Split, float]:
 
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
-  """Reads one gzipped IDX file of unsigned bytes (MNIST format)."""
-  with gzip.open(path, 'rb') as f:
-    content = f.read()
+  """Reads one gzipped IDX file of unsigned bytes (MNIST format).
+
+  Raises:
+    ValueError: The file is not gzip, is cut short or damaged, or holds no
+      IDX array of unsigned bytes.
+  """
+  try:
+    with gzip.open(path, 'rb') as f:
+      content = f.read()
+  except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+    raise ValueError(f'{path} cannot be read as gzip: {error}') from error
   magic = int.from_bytes(content[:4], 'big')
   if magic not in (_IDX_IMAGES, _IDX_LABELS):
     raise ValueError(f'{path} is not an IDX file of unsigned bytes (magic '
                      f'{magic:#06x}).')
   ndim = magic & 0xFF
+  if len(content) < 4 + 4 * ndim:
+    raise ValueError(f'{path} ends inside its IDX header.')
   shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], 'big')
                 for i in range(ndim))
   data = np.frombuffer(content, np.uint8, offset=4 + 4 * ndim)
