@@ -235,13 +235,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       print(f'{name:16} {configs.get(name).description}')
     return
   parallel.use_compilation_cache(args.compilation_cache)
-  try:
-    parallel.join(args.distributed, args.coordinator, args.num_processes,
-                  args.process_id)
-  except ValueError as error:  # The process options contradict.
-    cli.error(str(error))
-  try:
-    with errors.reported(debug=args.debug):
+  with errors.reported(debug=args.debug):
+    try:
+      parallel.join(args.distributed, args.coordinator, args.num_processes,
+                    args.process_id)
+    except ValueError as error:  # The processes' options contradict.
+      cli.error(str(error))
+    try:
       run(args.preset, args)
-  except UsageError as error:
-    cli.error(str(error))
+    except UsageError as error:
+      cli.error(str(error))

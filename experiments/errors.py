@@ -116,15 +116,17 @@ def _quiet_library_tracebacks() -> None:
   logs through absl's logger) and TensorStore's callbacks to a closed loop.
   """
   absl = logging.getLogger('absl')
-  if any(isinstance(each, _NoTracebacks) for each in absl.filters):
+  if not any(isinstance(each, _NoTracebacks) for each in absl.filters):
+    absl.addFilter(_NoTracebacks())
+  if getattr(sys.unraisablehook, 'drops_closed_loop_callbacks', False):
     return
-  absl.addFilter(_NoTracebacks())
   default_hook = sys.unraisablehook
 
   def hook(unraisable: Any) -> None:
     if not _closed_loop_callback(unraisable):
       default_hook(unraisable)
 
+  hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook
 
 
