@@ -106,8 +106,10 @@ def _closed_loop_callback(unraisable: Any) -> bool:
   tb = unraisable.exc_traceback
   while tb is not None and tb.tb_next is not None:
     tb = tb.tb_next
-  return isinstance(unraisable.exc_value, RuntimeError) and tb is not None and (
-      tb.tb_frame.f_globals.get('__name__', '').startswith('asyncio.'))
+  return (isinstance(unraisable.exc_value, RuntimeError) and
+          str(unraisable.exc_value) == 'Event loop is closed' and
+          tb is not None and
+          tb.tb_frame.f_globals.get('__name__', '').startswith('asyncio.'))
 
 
 def _quiet_library_tracebacks() -> None:

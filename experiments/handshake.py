@@ -34,6 +34,8 @@ from typing import Any, NamedTuple, Optional
 LINGER = 1.0
 # Seconds between a process's attempts to reach process 0 before it listens.
 RETRY = 0.1
+# Seconds that process 0 waits for a process that reached it to speak.
+HELLO = 5.0
 
 
 class Hello(NamedTuple):
@@ -74,9 +76,10 @@ def _address(coordinator: str) -> tuple[str, int]:
   return host.strip('[]'), int(port)
 
 
-def _listen(port: int) -> Optional[socket.socket]:
-  """A socket listening on ``port`` on every interface, as JAX's service
-  will; None if another socket listens there already."""
+def _listen(coordinator: str) -> Optional[socket.socket]:
+  """A socket listening on the coordinator's port on every interface, as
+  JAX's service will; None if another socket listens there already."""
+  port = _address(coordinator)[1]
   try:
     if socket.has_dualstack_ipv6():
       return socket.create_server(('', port), family=socket.AF_INET6,
@@ -85,13 +88,14 @@ def _listen(port: int) -> Optional[socket.socket]:
   except OSError as error:
     if error.errno == errno.EADDRINUSE:
       return None
-    raise
+    raise ConnectionError(f'process 0 cannot listen on {coordinator}: '
+                          f'{error.strerror or error}') from error
 
 
 def _read_hello(connection: socket.socket, deadline: float
                 ) -> Optional[Hello]:
   """A process's hello; None for a peer that says nothing of the kind."""
-  connection.settimeout(max(deadline - time.monotonic(), 0.01))
+  connection.settimeout(min(max(deadline - time.monotonic(), 0.01), HELLO))
   try:
     values = json.loads(connection.makefile('r').readline())
     return Hello(int(values['process_id']), int(values['num_processes']))
@@ -168,6 +172,9 @@ def _ask(coordinator: str, own: Hello, timeout: float) -> dict[str, Any]:
         raise TimeoutError(f'process 0 did not answer at {coordinator} '
                            f'within {timeout:g} s') from error
       time.sleep(RETRY)
+    except OSError as error:  # An unknown host, no route to it.
+      raise ConnectionError(f'cannot reach process 0 at {coordinator}: '
+                            f'{error.strerror or error}') from error
   with connection:
     connection.settimeout(timeout + 2 * LINGER)
     try:
@@ -209,7 +216,7 @@ def check(coordinator: str, num_processes: int, process_id: int,
     ConnectionError: Something other than process 0 answered.
   """
   own = Hello(process_id, num_processes)
-  server = _listen(_address(coordinator)[1]) if process_id == 0 else None
+  server = _listen(coordinator) if process_id == 0 else None
   if server is not None:
     _serve(server, own, timeout, coordinator)
     return

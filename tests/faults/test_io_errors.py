@@ -113,6 +113,23 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     cli.main([*ARGS, '--out', str(tmp_path / 'out')])
 
 
+def test_the_checkpoint_layers_own_errors_are_one_line(tmp_path, monkeypatch,
+                                                       capsys):
+  # Whatever the checkpoint layer raises for a damaged checkpoint, with a
+  # message of its own, wherever it is raised from.
+  class CheckpointError(ValueError):
+    pass
+
+  CheckpointError.__module__ = 'experiments.checkpoints'
+
+  def damaged(*args, **kwargs):
+    raise CheckpointError('checkpoint 2 is damaged: arrays/d/0 differs')
+
+  monkeypatch.setattr(train, 'train_preset', damaged)
+  assert _stops(capsys, [*ARGS, '--out', str(tmp_path / 'out')]) == (
+      'error: checkpoint 2 is damaged: arrays/d/0 differs')
+
+
 def test_an_out_under_a_file_stops(tmp_path, capsys):
   file = tmp_path / 'file'
   file.write_text('')
