@@ -48,10 +48,14 @@ def _files(directory: pathlib.Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope='module')
-def finished_run(tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp('finished') / 'run'
-  cli.main([*ARGS, '--out', str(out)])
-  return out
+def finished_run(once_per_session, tmp_path_factory) -> pathlib.Path:
+  """A finished run, trained once per session; tests damage copies of it."""
+  def train_once() -> str:
+    out = tmp_path_factory.mktemp('finished') / 'run'
+    cli.main([*ARGS, '--out', str(out)])
+    return str(out)
+
+  return pathlib.Path(once_per_session('faults_finished_run', train_once))
 
 
 def _damaged_copy(finished_run: pathlib.Path, directory: pathlib.Path,
@@ -160,8 +164,9 @@ def test_a_full_disk_stops_the_run(finished_run, tmp_path, environment,
                                    error_line):
   # The size limit as bash sets it (blocks of 1024 bytes), with SIGXFSZ
   # ignored, so that a write past it fails (EFBIG) instead of killing the
-  # process. The compilation cache already holds the run's programs
-  # (`finished_run`), so that nothing but the run writes.
+  # process. The compilation cache holds the run's programs where this
+  # process trained `finished_run` (else JAX warns, in lines that are no
+  # error, that it cannot write them).
   command = ' '.join([
       "trap '' XFSZ;", f'ulimit -f {FILE_SIZE_LIMIT // 1024};', 'exec',
       sys.executable, '-m', 'experiments', *ARGS, '--out',
