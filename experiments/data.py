@@ -368,12 +368,19 @@ def _tfds_builder(name: str, data_dir: Optional[str]):
 def _load_tfds(name: str, data_dir: Optional[str]) -> tuple[Split, Split,
                                                              float]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  _tfds_builder(name, data_dir)
+  builder = _tfds_builder(name, data_dir)
   sources = tfds.data_source(name, data_dir=data_dir)
   splits = []
   for split in ('train', 'test'):
     source = sources[split]
-    examples = source.__getitems__(range(len(source)))
+    # A damaged file raises array_record's RuntimeError, or PIL's OSError
+    # for an image it cannot decode.
+    try:
+      examples = source.__getitems__(range(len(source)))
+    except (RuntimeError, OSError) as error:
+      raise ValueError(f'the {split} split of {name!r} in '
+                       f'{builder.data_dir} cannot be read: {error}'
+                       ) from error
     splits.append(Split(
         np.stack([example['image'] for example in examples]).astype(np.uint8),
         np.array([example['label'] for example in examples], np.int32)))
