@@ -60,11 +60,15 @@ def finished_run(once_per_session, tmp_path_factory) -> pathlib.Path:
 
 def _damaged_copy(finished_run: pathlib.Path, directory: pathlib.Path,
                   pattern: str, damage: str) -> pathlib.Path:
-  """A copy of the run with the first checkpoint file of ``pattern`` (under
-  ``checkpoints/STEP/``) cut to half its size, or deleted."""
+  """A copy of the run with the latest checkpoint's first file of
+  ``pattern`` (under ``checkpoints/STEP/``; the one ``--resume`` reads) cut
+  to half its size, or deleted."""
   run = directory / 'run'
   shutil.copytree(finished_run, run)
-  target = sorted((run / 'laperm' / 'checkpoints').glob(f'*/{pattern}'))[0]
+  checkpoints = run / 'laperm' / 'checkpoints'
+  latest = max((path for path in checkpoints.iterdir() if path.name.isdigit()),
+               key=lambda path: int(path.name))
+  target = sorted(latest.glob(pattern))[0]
   if damage == 'delete':
     shutil.rmtree(target) if target.is_dir() else target.unlink()
   else:
