@@ -69,9 +69,10 @@ from laperm_jax._weight_vectors import as_vectors
 from laperm_jax._weight_vectors import from_vectors
 
 FORMAT = 'laperm_jax.permutations'
-VERSION = 2
-# Versions this module reads: 1 has no "vector_axes" (the default layout).
-_READS = (1, 2)
+VERSION = 3
+# Versions this module reads: 1 has no "vector_axes" (the default layout);
+# 1 and 2 have no per-vector counts of a binary leaf's nonzero weights.
+_READS = (1, 2, 3)
 
 InitFn = Callable[[jax.Array], optax.Params]
 PathLike = Union[str, os.PathLike]
@@ -194,7 +195,7 @@ def export_permutations(
                     'dtype': value.dtype.name, **entry})
   manifest = {'format': FORMAT, 'version': VERSION, 'init_key': None,
               'leaves': entries}
-  if any(entry.get('sorted') == 'init' for entry in entries):
+  if any(_regenerates(entry) for entry in entries):
     typed = jnp.issubdtype(init_key.dtype, jax.dtypes.prng_key)
     manifest['init_key'] = {
         'impl': str(jax.random.key_impl(init_key)) if typed else None}
@@ -265,10 +266,10 @@ def restore_permutations(
     _check_paths([_state.leaf_name(p) for p, _ in flat],
                  [entry.get('path') for entry in manifest['leaves']], where)
     regenerated = None
-    if any(entry.get('sorted') == 'init' for entry in manifest['leaves']):
+    if any(_regenerates(entry) for entry in manifest['leaves']):
       if init_fn is None:
-        raise ValueError(f'{where} stores a PRNG key instead of the sorted '
-                         'initial values; pass the init_fn of the export.')
+        raise ValueError(f'{where} stores a PRNG key instead of the initial '
+                         'values; pass the init_fn of the export.')
       regenerated = _init_leaves(init_fn, _read_key(archive, manifest, where))
     leaves = []
     for index, ((key_path, like), entry) in enumerate(
@@ -302,6 +303,11 @@ def _check_addressable(where, tree, what) -> None:
           'tiled=True) on every process, and export from one.')
 
 
+def _regenerates(entry) -> bool:
+  """Whether a manifest entry's initial values come from ``init_fn(key)``."""
+  return entry.get('sorted') == 'init' or entry.get('counts') == 'init'
+
+
 def _init_leaves(init_fn, key) -> dict[str, Any]:
   """``init_fn(key)``'s leaves by name (:func:`_state.leaf_name`)."""
   flat = jax.tree_util.tree_flatten_with_path(init_fn(key))[0]
@@ -323,7 +329,16 @@ def _encode_permuted(index, name, param, sorted_init, axes, regenerated,
   if value is not None:
     arrays[f'{index}.mask'] = np.packbits(
         _bits(synced).reshape(-1) != 0, bitorder='little')
-    return {**entry, 'encoding': 'binary', 'value': value.tobytes().hex()}
+    entry.update(encoding='binary', value=value.tobytes().hex())
+    if regenerated is not None:
+      entry['sorted_sha256'] = _sha256(sorted_init)
+      _check_init_fn(regenerated, name, sorted_init, axes,
+                     entry['sorted_sha256'])
+      return {**entry, 'counts': 'init'}
+    nonzero = as_vectors(_bits(sorted_init), vector_axes=axes) != 0
+    arrays[f'{index}.counts'] = np.count_nonzero(nonzero, axis=0).astype(
+        _rank_dtype(nonzero.shape[0] + 1))
+    return {**entry, 'counts': 'stored'}
   entry['sorted_sha256'] = _sha256(sorted_init)
   vector_length = as_vectors(ranks, vector_axes=axes).shape[0]
   if pack_ranks:
@@ -336,13 +351,17 @@ def _encode_permuted(index, name, param, sorted_init, axes, regenerated,
   if regenerated is None:
     arrays[f'{index}.sorted'] = _bits(sorted_init)
     return {**entry, 'sorted': 'stored'}
+  _check_init_fn(regenerated, name, sorted_init, axes, entry['sorted_sha256'])
+  return {**entry, 'sorted': 'init'}
+
+
+def _check_init_fn(regenerated, name, sorted_init, axes, sha256) -> None:
+  """Raises unless ``init_fn(init_key)`` regenerates ``sorted_init``."""
   try:
     _check_regenerated(regenerated, name, sorted_init.shape,
-                       sorted_init.dtype, axes, entry['sorted_sha256'],
-                       'init_fn(init_key)')
+                       sorted_init.dtype, axes, sha256, 'init_fn(init_key)')
   except ValueError as error:
     raise ValueError(f'export_permutations: {error}') from error
-  return {**entry, 'sorted': 'init'}
 
 
 def _place(sorted_init, ranks, axes) -> np.ndarray:
@@ -429,40 +448,78 @@ def _decode(archive, index, entry, like, regenerated, version) -> np.ndarray:
                      f'{jnp.dtype(like.dtype).name}{list(like.shape)}.')
   if jax.dtypes.canonicalize_dtype(dtype) != dtype:
     raise ValueError(f'JAX holds {dtype.name} only with jax_enable_x64 set.')
-  size = math.prod(shape)
   encoding = entry['encoding']
   if encoding in ('binary', 'ranks') and not shape:
     raise ValueError(f'a {encoding} leaf must have rank >= 1.')
   if encoding == 'raw':
-    data = _member(archive, f'{index}.raw', np.uint8, size * dtype.itemsize)
+    data = _member(archive, f'{index}.raw', np.uint8,
+                   math.prod(shape) * dtype.itemsize)
     return data.view(dtype).reshape(shape)
   if encoding == 'binary':
-    value = np.frombuffer(bytes.fromhex(entry['value']), dtype)
-    if value.size != 1:
-      raise ValueError(f'the shared value {entry["value"]!r} is not one '
-                       f'{dtype.name}.')
-    packed = _member(archive, f'{index}.mask', np.uint8, -(-size // 8))
-    mask = np.unpackbits(packed, count=size, bitorder='little').astype(bool)
-    return np.where(mask, value, np.zeros((), dtype)).reshape(shape)
-  if encoding != 'ranks':
-    raise ValueError(f'unknown encoding {encoding!r}.')
+    return _decode_binary(archive, index, entry, shape, dtype, regenerated,
+                          version)
+  if encoding == 'ranks':
+    return _decode_ranks(archive, index, entry, shape, dtype, regenerated,
+                         version)
+  raise ValueError(f'unknown encoding {encoding!r}.')
+
+
+def _decode_binary(archive, index, entry, shape, dtype, regenerated,
+                   version) -> np.ndarray:
+  """A ``binary`` leaf, checked to keep each vector's count of nonzeros."""
+  if version < 3:
+    raise ValueError(
+        f'a binary leaf of a version {version} file records no count of '
+        'nonzero weights per vector, so nothing shows that it restores a '
+        'permutation of the initial weights; export it again (version '
+        f'{VERSION}).')
+  value = np.frombuffer(bytes.fromhex(entry['value']), dtype)
+  if value.size != 1:
+    raise ValueError(f'the shared value {entry["value"]!r} is not one '
+                     f'{dtype.name}.')
+  size = math.prod(shape)
+  packed = _member(archive, f'{index}.mask', np.uint8, -(-size // 8))
+  mask = np.unpackbits(packed, count=size, bitorder='little').astype(bool)
+  restored = np.where(mask, value, np.zeros((), dtype)).reshape(shape)
+  axes = _read_vector_axes(entry, shape, version)
+  if entry['counts'] == 'stored':
+    vector_length, num_vectors = as_vectors(restored, vector_axes=axes).shape
+    counts = _member(archive, f'{index}.counts',
+                     _rank_dtype(vector_length + 1), num_vectors)
+    _check_counts(restored, counts, axes)
+  elif entry['counts'] == 'init':
+    _check_is_permutation(restored, _check_regenerated(
+        regenerated, entry['path'], shape, dtype, axes,
+        entry['sorted_sha256'], 'init_fn(key)'), axes)
+  else:
+    raise ValueError(f'unknown source of counts {entry["counts"]!r}.')
+  return restored
+
+
+def _decode_ranks(archive, index, entry, shape, dtype, regenerated,
+                  version) -> np.ndarray:
+  """A ``ranks`` leaf, checked to be a permutation of its initial values."""
   axes = _read_vector_axes(entry, shape, version)
   vector_length = math.prod(shape[axis] for axis in axes)
   ranks = _read_ranks(archive, f'{index}.ranks', entry['rank_bits'],
-                      vector_length, size).reshape(shape)
+                      vector_length, math.prod(shape)).reshape(shape)
   _check_permutations(as_vectors(ranks, vector_axes=axes), vector_length)
   if entry['sorted'] == 'stored':
-    bits = _member(archive, f'{index}.sorted', _bits_dtype(dtype), size)
-    sorted_init = bits.reshape(shape).view(dtype)
+    bits = _member(archive, f'{index}.sorted', _bits_dtype(dtype),
+                   math.prod(shape))
+    initial = sorted_init = bits.reshape(shape).view(dtype)
     _check_sha256(sorted_init, entry['sorted_sha256'],
                   'the stored sorted values')
+    _check_ascending(sorted_init, axes)
   elif entry['sorted'] == 'init':
-    sorted_init = _check_regenerated(regenerated, entry['path'], shape, dtype,
-                                     axes, entry['sorted_sha256'],
-                                     'init_fn(key)')
+    initial = sorted_init = _check_regenerated(
+        regenerated, entry['path'], shape, dtype, axes,
+        entry['sorted_sha256'], 'init_fn(key)')
   else:
     raise ValueError(f'unknown source of sorted values {entry["sorted"]!r}.')
-  return _place(sorted_init, ranks, axes)
+  restored = _place(sorted_init, ranks, axes)
+  _check_is_permutation(restored, initial, axes)
+  return restored
 
 
 def _read_vector_axes(entry, shape, version) -> tuple[int, ...]:
@@ -523,6 +580,77 @@ def _check_permutations(ranks, vector_length) -> None:
         f'the ranks of weight vector {vector} are not a permutation of '
         f'0..{vector_length - 1}: rank {missing} is missing (another is '
         'repeated).')
+
+
+# The checks below hold whatever hashes the file records: a file edited
+# with its hashes recomputed must still restore a permutation of the
+# initial weights, the promise the format exists for.
+
+
+def _check_ascending(sorted_init, axes) -> None:
+  """Raises unless every stored weight vector is sorted ascending."""
+  keys = _order_keys(as_vectors(sorted_init, vector_axes=axes))
+  _refuse_vectors(np.any(keys[1:] < keys[:-1], axis=0),
+                  'the stored sorted values of weight vector {vector} are not '
+                  'in ascending order')
+
+
+def _check_is_permutation(restored, initial, axes) -> None:
+  """Raises unless every restored vector is bitwise a permutation of its init.
+
+  Both sides' bit patterns are sorted as unsigned integers, so ``-0.0`` and
+  ``0.0``, or two NaN payloads, count as different values.
+  """
+  def sorted_bits(values):
+    # A copy (never a view of `values`), in C order: rows sort in place.
+    rows = np.array(_bits(as_vectors(values, vector_axes=axes)).T, order='C')
+    rows.sort(axis=1)
+    return rows
+
+  _refuse_vectors(np.any(sorted_bits(restored) != sorted_bits(initial),
+                         axis=1),
+                  'weight vector {vector} is not a permutation of its initial '
+                  'values (their bits differ)')
+
+
+def _check_counts(restored, counts, axes) -> None:
+  """Raises unless every restored vector has its initial count of nonzeros."""
+  nonzero = np.count_nonzero(
+      as_vectors(_bits(restored), vector_axes=axes) != 0, axis=0)
+  differs = nonzero != counts
+  first = int(np.argmax(differs))
+  _refuse_vectors(differs, 'weight vector {vector} holds '
+                  f'{int(nonzero[first])} nonzero weights, its initial values '
+                  f'{int(counts[first])}, so it is not a permutation of them')
+
+
+def _refuse_vectors(offending, message) -> None:
+  """Raises ``message`` for the first True of ``offending``, with the count."""
+  if np.any(offending):
+    vector = int(np.argmax(offending))
+    raise ValueError(
+        message.format(vector=vector) + f' ({int(np.count_nonzero(offending))}'
+        f' of {offending.size} weight vectors are refused).')
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+  """Integers ordered as any backend's sort orders ``values``.
+
+  Floats that some backend compares equal have equal keys: zeros of either
+  sign and subnormals (flushed to zero on some backends), and all NaNs
+  (after ``+inf``). Other values keep their order exactly.
+  """
+  if not jnp.issubdtype(values.dtype, jnp.floating):
+    return values
+  signed = _bits(values).view(f'<i{values.dtype.itemsize}')
+  magnitude = signed & np.iinfo(signed.dtype).max
+  info = jnp.finfo(values.dtype)
+  smallest_normal, inf = (
+      _bits(np.asarray(x, values.dtype)).view(signed.dtype)
+      for x in (info.smallest_normal, np.inf))
+  magnitude = np.where(magnitude < smallest_normal, 0,
+                       np.minimum(magnitude, inf + 1))
+  return np.where(signed < 0, -magnitude, magnitude)
 
 
 def _check_regenerated(regenerated, name, shape, dtype, axes, sha256,

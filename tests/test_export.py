@@ -143,7 +143,7 @@ def test_stored_file_layout(tmp_path):
   path, params, _, _ = _exported(tmp_path, regenerate=True)
   manifest = _manifest(path)
   assert manifest['format'] == 'laperm_jax.permutations'
-  assert manifest['version'] == 2
+  assert manifest['version'] == 3
   assert manifest['init_key'] == {'impl': 'threefry2x32'}
   with np.load(path) as archive:
     files = set(archive.files)
@@ -439,7 +439,7 @@ def test_modified_one_bit_mask(tmp_path):
 
 
 @pytest.mark.parametrize('change,expected', [
-    (lambda m, _: m.update(version=3), 'version 3'),
+    (lambda m, _: m.update(version=4), 'version 4'),
     (lambda m, _: m.update(format='other'), 'not a permutation export'),
     (lambda _, dense: dense.update(encoding='zstd'),
      "['dense']: unknown encoding 'zstd'"),
