@@ -648,9 +648,9 @@ def _order_keys(values: np.ndarray) -> np.ndarray:
   smallest_normal, inf = (
       _bits(np.asarray(x, values.dtype)).view(signed.dtype)
       for x in (info.smallest_normal, np.inf))
-  magnitude = np.where(magnitude < smallest_normal, 0,
-                       np.minimum(magnitude, inf + 1))
-  return np.where(signed < 0, -magnitude, magnitude)
+  keys = np.where(magnitude < smallest_normal, 0, magnitude)
+  keys = np.where(signed < 0, -keys, keys)
+  return np.where(magnitude > inf, inf + 1, keys)
 
 
 def _check_regenerated(regenerated, name, shape, dtype, axes, sha256,
