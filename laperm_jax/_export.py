@@ -114,10 +114,11 @@ def export_permutations(
   initial values are all 0 or one value ``v`` (weight-agnostic nets,
   :func:`laperm_jax.shared_value`) take one bit per weight with ``binary``,
   plus each vector's count of entries ``v`` (or, with ``init_fn`` and
-  ``init_key``, nothing more). Other leaves (biases, ``reset_mask`` leaves) are written as a sync sets
-  them. :func:`restore_permutations` gives back the synchronized params bit
-  for bit. The file is written to a temporary name and then renamed, so an
-  interrupted export leaves no partial file at ``path``.
+  ``init_key``, nothing more). Other leaves (biases, ``reset_mask`` leaves)
+  are written as a sync sets them. :func:`restore_permutations` gives back
+  the synchronized params bit for bit. The file is written to a temporary
+  name and then renamed, so an interrupted export leaves no partial file at
+  ``path``.
 
   Args:
     params: The current params (synced or not: the ranks are those a sync
@@ -614,9 +615,9 @@ def _check_permutations(ranks, vector_length) -> None:
 def _check_ascending(sorted_init, axes) -> None:
   """Raises unless every stored weight vector is sorted ascending."""
   keys = _order_keys(as_vectors(sorted_init, vector_axes=axes))
-  _refuse_vectors(np.any(keys[1:] < keys[:-1], axis=0),
-                  'the stored sorted values of weight vector {vector} are not '
-                  'in ascending order')
+  _refuse_vectors(np.any(keys[1:] < keys[:-1], axis=0), lambda vector: (
+      f'the stored sorted values of weight vector {vector} are not in '
+      'ascending order'))
 
 
 def _check_is_permutation(restored, initial, axes) -> None:
@@ -631,30 +632,27 @@ def _check_is_permutation(restored, initial, axes) -> None:
     rows.sort(axis=1)
     return rows
 
-  _refuse_vectors(np.any(sorted_bits(restored) != sorted_bits(initial),
-                         axis=1),
-                  'weight vector {vector} is not a permutation of its initial '
-                  'values (their bits differ)')
+  _refuse_vectors(
+      np.any(sorted_bits(restored) != sorted_bits(initial), axis=1),
+      lambda vector: (f'weight vector {vector} is not a permutation of its '
+                      'initial values (their bits differ)'))
 
 
 def _check_counts(restored, counts, axes) -> None:
   """Raises unless every restored vector has its initial count of nonzeros."""
   nonzero = np.count_nonzero(
       as_vectors(_bits(restored), vector_axes=axes) != 0, axis=0)
-  differs = nonzero != counts
-  first = int(np.argmax(differs))
-  _refuse_vectors(differs, 'weight vector {vector} holds '
-                  f'{int(nonzero[first])} nonzero weights, its initial values '
-                  f'{int(counts[first])}, so it is not a permutation of them')
+  _refuse_vectors(nonzero != counts, lambda vector: (
+      f'weight vector {vector} holds {nonzero[vector]} nonzero weights, its '
+      f'initial values {counts[vector]}, so it is not a permutation of them'))
 
 
-def _refuse_vectors(offending, message) -> None:
-  """Raises ``message`` for the first True of ``offending``, with the count."""
+def _refuse_vectors(offending, describe) -> None:
+  """Raises ``describe(vector)`` of the first offending vector, and a count."""
   if np.any(offending):
     vector = int(np.argmax(offending))
-    raise ValueError(
-        message.format(vector=vector) + f' ({int(np.count_nonzero(offending))}'
-        f' of {offending.size} weight vectors are refused).')
+    raise ValueError(f'{describe(vector)} ({np.count_nonzero(offending)} of '
+                     f'{offending.size} weight vectors are refused).')
 
 
 def _order_keys(values: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def _sha256(values):
 
 
 def _edit(path, members, hashes):
-  """Rewrites the export at ``path`` with ``members`` and leaf 0's ``hashes``."""
+  """Rewrites the export at ``path``: ``members``, and leaf 0's ``hashes``."""
   with np.load(path) as archive:
     arrays = {name: archive[name] for name in archive.files}
   manifest = json.loads(arrays['manifest'].tobytes().decode())
