@@ -1,9 +1,9 @@
 """Faults: permutation exports edited with their hashes recomputed.
 
 The SHA-256 hashes of an export catch accidents only: whoever edits a file
-can recompute them. These edits, the probes of the issue that asked for the
-check, recompute every hash the file records, and the restore must still
-refuse them, naming the leaf and the weight vector, and return nothing.
+can recompute them. These edits recompute every hash the file records, and
+the restore must still refuse them, naming the leaf and the weight vector,
+and return nothing.
 """
 
 import functools
