@@ -9,7 +9,6 @@ import argparse
 import difflib
 import json
 import pathlib
-import sys
 from typing import Any, Callable, Optional, Sequence, Union
 
 import ml_collections
@@ -18,6 +17,7 @@ from experiments import checkpoints
 from experiments import configs
 from experiments import data
 from experiments import download
+from experiments import errors
 from experiments import parallel
 from experiments import report
 from experiments import train
@@ -125,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
       help="JAX's persistent compilation cache: a rerun of a preset skips "
       'compiling what it compiled before (default: $XDG_CACHE_HOME/'
       'laperm-jax/jax, ~/.cache if unset; off: none)')
+  add('--debug', action='store_true',
+      help='tracebacks instead of one error line for failures of I/O')
   add = cli.add_argument_group(
       'several processes', 'one process per host, all with the same '
       'arguments (docs/several_hosts.md); they train on all their devices'
@@ -175,8 +177,7 @@ def run_configs(preset: configs.Preset, args: argparse.Namespace
 
 
 def check_resume(args: argparse.Namespace) -> None:
-  """Raises UsageError unless a ``--resume`` has checkpoints to continue
-  (``checkpoints.check_resumable``: in ``--out``'s run folders only)."""
+  """Raises UsageError unless ``--resume`` finds checkpoints in ``--out``."""
   if not args.resume:
     return
   if args.out is None:
@@ -226,8 +227,8 @@ def run(preset_name: str, args: argparse.Namespace
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """Parses the command line and runs the preset.
 
-  Bad input stops with one ``error:`` line and exit status 2 before anything
-  runs (argparse's convention); data that cannot be had, with status 1.
+  Bad input stops with one ``error:`` line and status 2 before anything runs
+  (argparse's); missing data or a file that fails (``errors``), status 1.
   """
   cli = parser()
   args = cli.parse_args(argv)
@@ -236,14 +237,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       print(f'{name:16} {configs.get(name).description}')
     return
   parallel.use_compilation_cache(args.compilation_cache)
-  try:
-    parallel.join(args.distributed, args.coordinator, args.num_processes,
-                  args.process_id)
-  except ValueError as error:  # The process options contradict.
-    cli.error(str(error))
-  try:
-    run(args.preset, args)
-  except UsageError as error:
-    cli.error(str(error))
-  except data.DataUnavailableError as error:
-    sys.exit(f'error: {error}')
+  with errors.reported(debug=args.debug):
+    try:
+      parallel.join(args.distributed, args.coordinator, args.num_processes,
+                    args.process_id)
+    except ValueError as error:  # The processes' options contradict.
+      cli.error(str(error))
+    try:
+      run(args.preset, args)
+    except UsageError as error:
+      cli.error(str(error))

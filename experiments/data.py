@@ -41,6 +41,7 @@ import gzip
 import pathlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Optional
+import zlib
 
 import ml_collections
 import numpy as np
@@ -435,14 +436,24 @@ def _load_text(spec: str, data_dir: Optional[str], sequence_length: int
 
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
-  """Reads one gzipped IDX file of unsigned bytes (MNIST format)."""
-  with gzip.open(path, 'rb') as f:
-    content = f.read()
+  """Reads one gzipped IDX file of unsigned bytes (MNIST format).
+
+  Raises:
+    ValueError: The file is not gzip, is cut short or damaged, or holds no
+      IDX array of unsigned bytes.
+  """
+  try:
+    with gzip.open(path, 'rb') as f:
+      content = f.read()
+  except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+    raise ValueError(f'{path} cannot be read as gzip: {error}') from error
   magic = int.from_bytes(content[:4], 'big')
   if magic not in (_IDX_IMAGES, _IDX_LABELS):
     raise ValueError(f'{path} is not an IDX file of unsigned bytes (magic '
                      f'{magic:#06x}).')
   ndim = magic & 0xFF
+  if len(content) < 4 + 4 * ndim:
+    raise ValueError(f'{path} ends inside its IDX header.')
   shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], 'big')
                 for i in range(ndim))
   data = np.frombuffer(content, np.uint8, offset=4 + 4 * ndim)
@@ -502,12 +513,19 @@ def _tfds_builder(name: str, data_dir: Optional[str]):
 def _load_tfds(name: str, data_dir: Optional[str]) -> tuple[Split, Split,
                                                              float]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  _tfds_builder(name, data_dir)
+  builder = _tfds_builder(name, data_dir)
   sources = tfds.data_source(name, data_dir=data_dir)
   splits = []
   for split in ('train', 'test'):
     source = sources[split]
-    examples = source.__getitems__(range(len(source)))
+    # A damaged file raises array_record's RuntimeError, or PIL's OSError
+    # for an image it cannot decode.
+    try:
+      examples = source.__getitems__(range(len(source)))
+    except (RuntimeError, OSError) as error:
+      raise ValueError(f'the {split} split of {name!r} in '
+                       f'{builder.data_dir} cannot be read: {error}'
+                       ) from error
     splits.append(Split(
         np.stack([example['image'] for example in examples]).astype(np.uint8),
         np.array([example['label'] for example in examples], np.int32)))

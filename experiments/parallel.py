@@ -33,6 +33,8 @@ from jax import lax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from experiments import handshake
+
 BATCH_AXIS = 'batch'
 
 Mesh = Optional[jax.sharding.Mesh]
@@ -138,8 +140,9 @@ def initialize(coordinator: Optional[str] = None,
   """Joins this process to a multi-process run (``jax.distributed``).
 
   With no arguments, JAX detects the cluster itself (TPU pods, SLURM, Open
-  MPI); otherwise all three name it. On CPU, processes exchange data through
-  gloo collectives.
+  MPI); otherwise all three name it, and the processes first check that
+  their ids differ and their counts agree (:func:`handshake.check`). On CPU,
+  processes exchange data through gloo collectives.
 
   Args:
     coordinator: ``HOST:PORT`` of process 0's coordinator service.
@@ -150,7 +153,13 @@ def initialize(coordinator: Optional[str] = None,
       (it failed, or its host did) fails the others, instead of leaving
       them waiting in a collective; also the most a process waits for the
       others at exit.
+
+  Raises:
+    ValueError: Processes claim the same id or disagree on their count.
+    TimeoutError: A process did not arrive within ``timeout``.
   """
+  if coordinator is not None:
+    handshake.check(coordinator, num_processes, process_id, timeout)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(
       coordinator_address=coordinator, num_processes=num_processes,
@@ -173,7 +182,9 @@ def join(distributed: Optional[bool] = None,
     process_id: This process's index, from 0.
 
   Raises:
-    ValueError: The options are incomplete or contradict.
+    ValueError: The options are incomplete or contradict, in this process
+      or between processes (:func:`initialize`).
+    TimeoutError: A process did not arrive in time.
   """
   explicit = (coordinator, num_processes, process_id)
   if distributed:

@@ -8,11 +8,11 @@ writes that rank order (``ceil(log2 n)`` bits per weight for vectors of length
 them; :func:`restore_permutations` rebuilds the synchronized params bit for
 bit, and refuses a file that would give other weights.
 
-File format (version 2): one uncompressed ``.npz`` file (a zip of ``.npy``
+File format (version 3): one uncompressed ``.npz`` file (a zip of ``.npy``
 arrays, each with a CRC-32, read with ``allow_pickle=False``). Member
 ``manifest`` is UTF-8 JSON as a ``uint8`` array::
 
-  {"format": "laperm_jax.permutations", "version": 2,
+  {"format": "laperm_jax.permutations", "version": 3,
    "init_key": null or {"impl": "threefry2x32" (a typed key) or null (raw)},
    "leaves": [{"path": the leaf's jax.tree_util.keystr path, "shape": [...],
                "dtype": "float32", "encoding": ..., ...}, ...]}
@@ -23,9 +23,10 @@ same leaf boxed or not has one path. Leaves are listed in flattened order;
 leaf ``i``'s arrays are members named
 ``{i}.<name>``, all in C order and little-endian. Every ``ranks`` and
 ``binary`` leaf records its layout, ``"vector_axes"``: the sorted fan-in
-axes that form one weight vector (:func:`laperm_jax.as_vectors`). Version 1
-files (written before layouts) have none and mean the default, all axes but
-the last; they are read as before. The encodings:
+axes that form one weight vector (:func:`laperm_jax.as_vectors`; vector
+``j`` is column ``j`` of that matrix). Version 1 files (written before
+layouts) have none and mean the default, all axes but the last; they are
+read as before. The encodings:
 
 - ``raw`` (leaves LaPerm does not permute): ``{i}.raw``, the leaf's bytes as
   ``uint8``.
@@ -39,12 +40,27 @@ the last; they are read as before. The encodings:
   ``"sorted": "init"`` regenerates them from the member ``init_key``.
 - ``binary`` (weight-agnostic leaves, every entry 0 or one value ``v``):
   ``{i}.mask``, one bit per entry (packed as above) set where the entry is
-  ``v``; ``"value"``: the bytes of ``v`` in hex.
+  ``v``; ``"value"``: the bytes of ``v`` in hex. ``"counts": "stored"`` adds
+  ``{i}.counts``, each weight vector's number of initial entries equal to
+  ``v``, one per vector as the smallest of ``uint8``, ``uint16``, ``uint32``
+  that holds the vector length; ``"counts": "init"`` regenerates the initial
+  values from the member ``init_key``. Version 1 and 2 files have no counts:
+  their binary leaves are refused, since nothing shows that they restore a
+  permutation of the initial weights.
 
 Every leaf carries ``"sha256"``, the SHA-256 of its synchronized values'
-bytes, and every ``ranks`` leaf ``"sorted_sha256"``, that of its sorted
-initial values; a restore recomputes both from what the file holds (or what
-``init_fn`` regenerates) and compares.
+bytes, and every ``ranks`` leaf (and ``binary`` leaf with ``"counts":
+"init"``) ``"sorted_sha256"``, that of its sorted initial values; a restore
+recomputes both from what the file holds (or what ``init_fn`` regenerates)
+and compares. Hashes catch accidents, not edits: whoever edits a file can
+recompute them. So a restore also checks, whatever the hashes say, the
+promise of the format: stored sorted values are ascending in every weight
+vector, and every restored weight vector is bitwise a permutation of its
+initial values (its bit patterns, sorted, equal theirs; for a ``binary``
+leaf with stored counts, it has its count of entries ``v``). A file edited
+as a whole, sorted values or counts included, describes another initial
+network, which only ``"sorted": "init"`` (or ``"counts": "init"``) ties to
+``init_fn``.
 """
 
 from collections.abc import Callable
@@ -69,9 +85,10 @@ from laperm_jax._weight_vectors import as_vectors
 from laperm_jax._weight_vectors import from_vectors
 
 FORMAT = 'laperm_jax.permutations'
-VERSION = 2
-# Versions this module reads: 1 has no "vector_axes" (the default layout).
-_READS = (1, 2)
+VERSION = 3
+# Versions this module reads: 1 has no "vector_axes" (the default layout);
+# 1 and 2 have no per-vector counts of a binary leaf's nonzero weights.
+_READS = (1, 2, 3)
 
 InitFn = Callable[[jax.Array], optax.Params]
 PathLike = Union[str, os.PathLike]
@@ -95,11 +112,13 @@ def export_permutations(
   values: the values themselves, or, with ``init_fn`` and ``init_key``, only
   the key (``init_fn(init_key)`` regenerates them on restore). Leaves whose
   initial values are all 0 or one value ``v`` (weight-agnostic nets,
-  :func:`laperm_jax.shared_value`) take one bit per weight with ``binary``.
-  Other leaves (biases, ``reset_mask`` leaves) are written as a sync sets
-  them. :func:`restore_permutations` gives back the synchronized params bit
-  for bit. The file is written to a temporary name and then renamed, so an
-  interrupted export leaves no partial file at ``path``.
+  :func:`laperm_jax.shared_value`) take one bit per weight with ``binary``,
+  plus each vector's count of entries ``v`` (or, with ``init_fn`` and
+  ``init_key``, nothing more). Other leaves (biases, ``reset_mask`` leaves)
+  are written as a sync sets them. :func:`restore_permutations` gives back
+  the synchronized params bit for bit. The file is written to a temporary
+  name and then renamed, so an interrupted export leaves no partial file at
+  ``path``.
 
   Args:
     params: The current params (synced or not: the ranks are those a sync
@@ -194,7 +213,7 @@ def export_permutations(
                     'dtype': value.dtype.name, **entry})
   manifest = {'format': FORMAT, 'version': VERSION, 'init_key': None,
               'leaves': entries}
-  if any(entry.get('sorted') == 'init' for entry in entries):
+  if any(_regenerates(entry) for entry in entries):
     typed = jnp.issubdtype(init_key.dtype, jax.dtypes.prng_key)
     manifest['init_key'] = {
         'impl': str(jax.random.key_impl(init_key)) if typed else None}
@@ -217,7 +236,10 @@ def restore_permutations(
   and dtypes match ``target``; every weight vector's ranks are a permutation
   of ``0 .. n-1``; every permuted leaf's sorted initial values (stored or
   regenerated by ``init_fn``) and every restored leaf have the SHA-256
-  recorded at export.
+  recorded at export. Whatever those hashes say (an edit can recompute
+  them), stored sorted values must be ascending in every weight vector, and
+  every restored weight vector must be bitwise a permutation of its initial
+  values: a binary leaf keeps each vector's count of nonzero weights.
 
   Args:
     path: A file written by :func:`export_permutations`.
@@ -226,15 +248,19 @@ def restore_permutations(
       (e.g. from ``jax.eval_shape``). Restored leaves take a leaf's
       ``sharding`` where it has one.
     init_fn: The function ``key -> params`` given at export, needed (and
-      only used) when the file stores a key instead of sorted values.
+      only used) when the file stores a key instead of sorted values or
+      counts.
 
   Returns:
     A tree like ``target`` of ``jax.Array``.
 
   Raises:
     ValueError: The file is truncated, corrupt or of an unknown format or
-      version, does not match ``target``, or ``init_fn`` regenerates other
-      values than at export; the message names the leaf.
+      version, does not match ``target``, ``init_fn`` regenerates other
+      values than at export, or a restored weight vector would not be a
+      permutation of its initial values (or a binary leaf of a version 1 or
+      2 file cannot show that it is); the message names the leaf, and the
+      first weight vector at fault with the number of such vectors.
 
   Example:
     >>> import os, tempfile
@@ -265,10 +291,10 @@ def restore_permutations(
     _check_paths([_state.leaf_name(p) for p, _ in flat],
                  [entry.get('path') for entry in manifest['leaves']], where)
     regenerated = None
-    if any(entry.get('sorted') == 'init' for entry in manifest['leaves']):
+    if any(_regenerates(entry) for entry in manifest['leaves']):
       if init_fn is None:
-        raise ValueError(f'{where} stores a PRNG key instead of the sorted '
-                         'initial values; pass the init_fn of the export.')
+        raise ValueError(f'{where} stores a PRNG key instead of the initial '
+                         'values; pass the init_fn of the export.')
       regenerated = _init_leaves(init_fn, _read_key(archive, manifest, where))
     leaves = []
     for index, ((key_path, like), entry) in enumerate(
@@ -302,6 +328,11 @@ def _check_addressable(where, tree, what) -> None:
           'tiled=True) on every process, and export from one.')
 
 
+def _regenerates(entry) -> bool:
+  """Whether a manifest entry's initial values come from ``init_fn(key)``."""
+  return entry.get('sorted') == 'init' or entry.get('counts') == 'init'
+
+
 def _init_leaves(init_fn, key) -> dict[str, Any]:
   """``init_fn(key)``'s leaves by name (:func:`_state.leaf_name`)."""
   flat = jax.tree_util.tree_flatten_with_path(init_fn(key))[0]
@@ -323,7 +354,16 @@ def _encode_permuted(index, name, param, sorted_init, axes, regenerated,
   if value is not None:
     arrays[f'{index}.mask'] = np.packbits(
         _bits(synced).reshape(-1) != 0, bitorder='little')
-    return {**entry, 'encoding': 'binary', 'value': value.tobytes().hex()}
+    entry.update(encoding='binary', value=value.tobytes().hex())
+    if regenerated is not None:
+      entry['sorted_sha256'] = _sha256(sorted_init)
+      _check_init_fn(regenerated, name, sorted_init, axes,
+                     entry['sorted_sha256'])
+      return {**entry, 'counts': 'init'}
+    nonzero = as_vectors(_bits(sorted_init), vector_axes=axes) != 0
+    arrays[f'{index}.counts'] = np.count_nonzero(nonzero, axis=0).astype(
+        _rank_dtype(nonzero.shape[0] + 1))
+    return {**entry, 'counts': 'stored'}
   entry['sorted_sha256'] = _sha256(sorted_init)
   vector_length = as_vectors(ranks, vector_axes=axes).shape[0]
   if pack_ranks:
@@ -336,13 +376,17 @@ def _encode_permuted(index, name, param, sorted_init, axes, regenerated,
   if regenerated is None:
     arrays[f'{index}.sorted'] = _bits(sorted_init)
     return {**entry, 'sorted': 'stored'}
+  _check_init_fn(regenerated, name, sorted_init, axes, entry['sorted_sha256'])
+  return {**entry, 'sorted': 'init'}
+
+
+def _check_init_fn(regenerated, name, sorted_init, axes, sha256) -> None:
+  """Raises unless ``init_fn(init_key)`` regenerates ``sorted_init``."""
   try:
     _check_regenerated(regenerated, name, sorted_init.shape,
-                       sorted_init.dtype, axes, entry['sorted_sha256'],
-                       'init_fn(init_key)')
+                       sorted_init.dtype, axes, sha256, 'init_fn(init_key)')
   except ValueError as error:
     raise ValueError(f'export_permutations: {error}') from error
-  return {**entry, 'sorted': 'init'}
 
 
 def _place(sorted_init, ranks, axes) -> np.ndarray:
@@ -429,40 +473,78 @@ def _decode(archive, index, entry, like, regenerated, version) -> np.ndarray:
                      f'{jnp.dtype(like.dtype).name}{list(like.shape)}.')
   if jax.dtypes.canonicalize_dtype(dtype) != dtype:
     raise ValueError(f'JAX holds {dtype.name} only with jax_enable_x64 set.')
-  size = math.prod(shape)
   encoding = entry['encoding']
   if encoding in ('binary', 'ranks') and not shape:
     raise ValueError(f'a {encoding} leaf must have rank >= 1.')
   if encoding == 'raw':
-    data = _member(archive, f'{index}.raw', np.uint8, size * dtype.itemsize)
+    data = _member(archive, f'{index}.raw', np.uint8,
+                   math.prod(shape) * dtype.itemsize)
     return data.view(dtype).reshape(shape)
   if encoding == 'binary':
-    value = np.frombuffer(bytes.fromhex(entry['value']), dtype)
-    if value.size != 1:
-      raise ValueError(f'the shared value {entry["value"]!r} is not one '
-                       f'{dtype.name}.')
-    packed = _member(archive, f'{index}.mask', np.uint8, -(-size // 8))
-    mask = np.unpackbits(packed, count=size, bitorder='little').astype(bool)
-    return np.where(mask, value, np.zeros((), dtype)).reshape(shape)
-  if encoding != 'ranks':
-    raise ValueError(f'unknown encoding {encoding!r}.')
+    return _decode_binary(archive, index, entry, shape, dtype, regenerated,
+                          version)
+  if encoding == 'ranks':
+    return _decode_ranks(archive, index, entry, shape, dtype, regenerated,
+                         version)
+  raise ValueError(f'unknown encoding {encoding!r}.')
+
+
+def _decode_binary(archive, index, entry, shape, dtype, regenerated,
+                   version) -> np.ndarray:
+  """A ``binary`` leaf, checked to keep each vector's count of nonzeros."""
+  if version < 3:
+    raise ValueError(
+        f'a binary leaf of a version {version} file records no count of '
+        'nonzero weights per vector, so nothing shows that it restores a '
+        'permutation of the initial weights; export it again (version '
+        f'{VERSION}).')
+  value = np.frombuffer(bytes.fromhex(entry['value']), dtype)
+  if value.size != 1:
+    raise ValueError(f'the shared value {entry["value"]!r} is not one '
+                     f'{dtype.name}.')
+  size = math.prod(shape)
+  packed = _member(archive, f'{index}.mask', np.uint8, -(-size // 8))
+  mask = np.unpackbits(packed, count=size, bitorder='little').astype(bool)
+  restored = np.where(mask, value, np.zeros((), dtype)).reshape(shape)
+  axes = _read_vector_axes(entry, shape, version)
+  if entry['counts'] == 'stored':
+    vector_length, num_vectors = as_vectors(restored, vector_axes=axes).shape
+    counts = _member(archive, f'{index}.counts',
+                     _rank_dtype(vector_length + 1), num_vectors)
+    _check_counts(restored, counts, axes)
+  elif entry['counts'] == 'init':
+    _check_is_permutation(restored, _check_regenerated(
+        regenerated, entry['path'], shape, dtype, axes,
+        entry['sorted_sha256'], 'init_fn(key)'), axes)
+  else:
+    raise ValueError(f'unknown source of counts {entry["counts"]!r}.')
+  return restored
+
+
+def _decode_ranks(archive, index, entry, shape, dtype, regenerated,
+                  version) -> np.ndarray:
+  """A ``ranks`` leaf, checked to be a permutation of its initial values."""
   axes = _read_vector_axes(entry, shape, version)
   vector_length = math.prod(shape[axis] for axis in axes)
   ranks = _read_ranks(archive, f'{index}.ranks', entry['rank_bits'],
-                      vector_length, size).reshape(shape)
+                      vector_length, math.prod(shape)).reshape(shape)
   _check_permutations(as_vectors(ranks, vector_axes=axes), vector_length)
   if entry['sorted'] == 'stored':
-    bits = _member(archive, f'{index}.sorted', _bits_dtype(dtype), size)
-    sorted_init = bits.reshape(shape).view(dtype)
+    bits = _member(archive, f'{index}.sorted', _bits_dtype(dtype),
+                   math.prod(shape))
+    initial = sorted_init = bits.reshape(shape).view(dtype)
     _check_sha256(sorted_init, entry['sorted_sha256'],
                   'the stored sorted values')
+    _check_ascending(sorted_init, axes)
   elif entry['sorted'] == 'init':
-    sorted_init = _check_regenerated(regenerated, entry['path'], shape, dtype,
-                                     axes, entry['sorted_sha256'],
-                                     'init_fn(key)')
+    initial = sorted_init = _check_regenerated(
+        regenerated, entry['path'], shape, dtype, axes,
+        entry['sorted_sha256'], 'init_fn(key)')
   else:
     raise ValueError(f'unknown source of sorted values {entry["sorted"]!r}.')
-  return _place(sorted_init, ranks, axes)
+  restored = _place(sorted_init, ranks, axes)
+  _check_is_permutation(restored, initial, axes)
+  return restored
 
 
 def _read_vector_axes(entry, shape, version) -> tuple[int, ...]:
@@ -523,6 +605,74 @@ def _check_permutations(ranks, vector_length) -> None:
         f'the ranks of weight vector {vector} are not a permutation of '
         f'0..{vector_length - 1}: rank {missing} is missing (another is '
         'repeated).')
+
+
+# The checks below hold whatever hashes the file records: a file edited
+# with its hashes recomputed must still restore a permutation of the
+# initial weights, the promise the format exists for.
+
+
+def _check_ascending(sorted_init, axes) -> None:
+  """Raises unless every stored weight vector is sorted ascending."""
+  keys = _order_keys(as_vectors(sorted_init, vector_axes=axes))
+  _refuse_vectors(np.any(keys[1:] < keys[:-1], axis=0), lambda vector: (
+      f'the stored sorted values of weight vector {vector} are not in '
+      'ascending order'))
+
+
+def _check_is_permutation(restored, initial, axes) -> None:
+  """Raises unless every restored vector is bitwise a permutation of its init.
+
+  Both sides' bit patterns are sorted as unsigned integers, so ``-0.0`` and
+  ``0.0``, or two NaN payloads, count as different values.
+  """
+  def sorted_bits(values):
+    # A copy (never a view of `values`), in C order: rows sort in place.
+    rows = np.array(_bits(as_vectors(values, vector_axes=axes)).T, order='C')
+    rows.sort(axis=1)
+    return rows
+
+  _refuse_vectors(
+      np.any(sorted_bits(restored) != sorted_bits(initial), axis=1),
+      lambda vector: (f'weight vector {vector} is not a permutation of its '
+                      'initial values (their bits differ)'))
+
+
+def _check_counts(restored, counts, axes) -> None:
+  """Raises unless every restored vector has its initial count of nonzeros."""
+  nonzero = np.count_nonzero(
+      as_vectors(_bits(restored), vector_axes=axes) != 0, axis=0)
+  _refuse_vectors(nonzero != counts, lambda vector: (
+      f'weight vector {vector} holds {nonzero[vector]} nonzero weights, its '
+      f'initial values {counts[vector]}, so it is not a permutation of them'))
+
+
+def _refuse_vectors(offending, describe) -> None:
+  """Raises ``describe(vector)`` of the first offending vector, and a count."""
+  if np.any(offending):
+    vector = int(np.argmax(offending))
+    raise ValueError(f'{describe(vector)} ({np.count_nonzero(offending)} of '
+                     f'{offending.size} weight vectors are refused).')
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+  """Integers ordered as any backend's sort orders ``values``.
+
+  Floats that some backend compares equal have equal keys: zeros of either
+  sign and subnormals (flushed to zero on some backends), and all NaNs
+  (after ``+inf``). Other values keep their order exactly.
+  """
+  if not jnp.issubdtype(values.dtype, jnp.floating):
+    return values
+  signed = _bits(values).view(f'<i{values.dtype.itemsize}')
+  magnitude = signed & np.iinfo(signed.dtype).max
+  info = jnp.finfo(values.dtype)
+  smallest_normal, inf = (
+      _bits(np.asarray(x, values.dtype)).view(signed.dtype)
+      for x in (info.smallest_normal, np.inf))
+  keys = np.where(magnitude < smallest_normal, 0, magnitude)
+  keys = np.where(signed < 0, -keys, keys)
+  return np.where(magnitude > inf, inf + 1, keys)
 
 
 def _check_regenerated(regenerated, name, shape, dtype, axes, sha256,

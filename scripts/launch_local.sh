@@ -8,9 +8,10 @@
 #   scripts/launch_local.sh 2 f1 --dataset digits --quick --out runs/f1-2p
 #
 # Each process sees DEVICES_PER_PROCESS CPU devices (default 1). Only
-# process 0 prints and writes files. When a process fails, the others are
-# stopped after GRACE seconds (default 20), so a bad run never hangs; the
-# exit status is the first failure's. Set PYTHON to pick the interpreter.
+# process 0 prints and writes files. The script returns when every process
+# has ended, with the first failure's exit status; processes still running
+# GRACE seconds (default 20) after a failure are stopped, so a bad run
+# never hangs. Set PYTHON to pick the interpreter. Needs bash 5.1 or later.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,14 +34,27 @@ for ((index = 0; index < count; index++)); do
   pids+=($!)
 done
 
+# Wait for every process; after the first failure, stop those still
+# running after GRACE seconds (they fail by themselves within seconds when
+# the run stops together, or when JAX misses the failed one's heartbeat).
 status=0
-for ((done = 0; done < count; done++)); do
+running=("${pids[@]}")
+stopper=
+while ((${#running[@]} > 0)); do
   code=0
-  wait -n || code=$?
+  wait -n -p ended "${running[@]}" || code=$?
+  left=()
+  for pid in "${running[@]}"; do
+    [[ $pid == "$ended" ]] || left+=("$pid")
+  done
+  running=("${left[@]}")
   if [[ $code -ne 0 && $status -eq 0 ]]; then
     status=$code
-    sleep "${GRACE:-20}"
-    kill "${pids[@]}" 2>/dev/null || true
+    (sleep "${GRACE:-20}" && kill "${running[@]}") >/dev/null 2>&1 &
+    stopper=$!
   fi
 done
+if [[ -n $stopper ]]; then
+  kill "$stopper" 2>/dev/null || true
+fi
 exit "$status"

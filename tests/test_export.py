@@ -143,7 +143,7 @@ def test_stored_file_layout(tmp_path):
   path, params, _, _ = _exported(tmp_path, regenerate=True)
   manifest = _manifest(path)
   assert manifest['format'] == 'laperm_jax.permutations'
-  assert manifest['version'] == 2
+  assert manifest['version'] == 3
   assert manifest['init_key'] == {'impl': 'threefry2x32'}
   with np.load(path) as archive:
     files = set(archive.files)
@@ -438,8 +438,151 @@ def test_modified_one_bit_mask(tmp_path):
   assert "['w']" in _restore_error(path, params)
 
 
+# Edits with their hashes recomputed: the restore still refuses a file
+# whose weight vectors are no permutation of their initial values.
+
+
+def _rehash(path, name, restored, sorted_values=None):
+  """Rewrites leaf ``name``'s hashes to match ``restored`` (and its values)."""
+  manifest = _manifest(path)
+  entry = manifest['leaves'][_leaf_index(path, name)]
+  entry['sha256'] = _export._sha256(np.asarray(restored))  # pylint: disable=protected-access
+  if sorted_values is not None:
+    entry['sorted_sha256'] = _export._sha256(sorted_values)  # pylint: disable=protected-access
+  _rewrite(path, manifest=manifest)
+
+
+def _moved(init_params):
+  """A LaPerm state of ``init_params``, and params moved off them by noise.
+
+  Cheaper than training (nothing to compile) and as good for these tests:
+  the noise reorders every weight vector.
+  """
+  opt_state = lp.laperm(optax.sgd(1.0), 1).init(init_params)
+  leaves, treedef = jax.tree.flatten(init_params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return treedef.unflatten([
+      leaf + 0.05 * jax.random.normal(key, leaf.shape, leaf.dtype)
+      for key, leaf in zip(keys, leaves)]), opt_state
+
+
+def _agnostic_init(key):
+  return lp.shared_value(key, {'w': jnp.zeros((16, 4))}, 0.1, keep=0.5)
+
+
+@functools.cache
+def _agnostic_run():
+  return (_agnostic_init,
+          *_moved(_agnostic_init(jax.random.key(0))))
+
+
+@pytest.mark.parametrize('regenerate', [False, True])
+def test_binary_leaf_records_each_vectors_count_of_nonzeros(tmp_path,
+                                                             regenerate):
+  init_fn, params, opt_state = _agnostic_run()
+  path = tmp_path / 'agnostic.npz'
+  kwargs = dict(init_fn=init_fn,
+                init_key=jax.random.key(0)) if regenerate else {}
+  lp.export_permutations(params, opt_state, path, **kwargs)
+  (entry,) = _manifest(path)['leaves']
+  assert entry['counts'] == ('init' if regenerate else 'stored')
+  with np.load(path) as archive:
+    if regenerate:
+      assert '0.counts' not in archive.files
+    else:
+      initial = init_fn(jax.random.key(0))['w']
+      np.testing.assert_array_equal(archive['0.counts'],
+                                    np.count_nonzero(initial, axis=0))
+      assert archive['0.counts'].dtype == np.uint8
+  _assert_bitwise_equal(lp.restore_permutations(path, params, init_fn=init_fn),
+                        lp.synchronize(params, opt_state))
+
+
+@pytest.mark.parametrize('regenerate', [False, True])
+def test_binary_leaf_that_moves_a_weight_between_vectors(tmp_path,
+                                                         regenerate):
+  init_fn, params, opt_state = _agnostic_run()
+  path = tmp_path / 'agnostic.npz'
+  kwargs = dict(init_fn=init_fn,
+                init_key=jax.random.key(0)) if regenerate else {}
+  lp.export_permutations(params, opt_state, path, **kwargs)
+  synced = np.asarray(lp.synchronize(params, opt_state)['w'])
+  # One weight moves from vector 2 to vector 3: the leaf keeps its count of
+  # nonzeros, vectors 2 and 3 do not.
+  edited = synced.copy()
+  row = int(np.flatnonzero((synced[:, 2] != 0) & (synced[:, 3] == 0))[0])
+  edited[row, [2, 3]] = synced[row, [3, 2]]
+  _rewrite(path, {'0.mask': np.packbits(edited.reshape(-1) != 0,
+                                        bitorder='little')})
+  _rehash(path, 'w', edited)
+  message = _restore_error(path, params, init_fn=init_fn)
+  assert "leaf ['w']: weight vector 2" in message
+  assert '(2 of 4 weight vectors are refused)' in message
+  if not regenerate:
+    count = int(np.count_nonzero(synced[:, 2]))
+    assert f'holds {count - 1} nonzero weights, its initial values {count}' in (
+        message)
+
+
+def test_stored_sorted_values_out_of_order(tmp_path):
+  params, opt_state = _moved({'w': jax.random.normal(jax.random.key(0),
+                                                     (9, 6))})
+  path = tmp_path / 'net.npz'
+  lp.export_permutations(params, opt_state, path)
+  with np.load(path) as archive:
+    values = archive['0.sorted'].copy()
+  # Vector 4 (a column) reversed: each vector keeps its values, but the
+  # ranks now pick them in the opposite order.
+  values[:, 4] = values[::-1, 4]
+  _rewrite(path, {'0.sorted': values})
+  sorted_values = values.view(np.float32)
+  _rehash(path, 'w', np.take_along_axis(
+      sorted_values, np.asarray(lp.ranks(params['w'])), axis=0),
+          sorted_values)
+  message = _restore_error(path, params)
+  assert ("leaf ['w']: the stored sorted values of weight vector 4 are "
+          'not in ascending order (1 of 6 weight vectors') in message
+
+
+def test_ascending_check_lets_backends_tie_zeros_subnormals_and_nans():
+  tiny = np.finfo(np.float32).smallest_subnormal
+  # The order of ties is a backend's choice: XLA's CPU sort, e.g., compares
+  # -0.0 and subnormals equal to 0.0.
+  ties = np.array([[-1.0, tiny, -0.0, 0.0, -tiny, 2.0, np.nan, -np.nan]],
+                  np.float32).T
+  _export._check_ascending(ties, (0,))  # pylint: disable=protected-access
+  for unsorted in ([[1.0], [-tiny]], [[np.nan], [np.inf]], [[2.0], [1.0]]):
+    with pytest.raises(ValueError, match='weight vector 0 are not in'):
+      _export._check_ascending(np.array(unsorted, np.float32), (0,))  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('initial,restored', [
+    ([0.0, 1.0], [-0.0, 1.0]),  # Equal as floats, other bits.
+    ([np.nan, 1.0], [-np.nan, 1.0]),  # Another NaN payload.
+    ([1.0, 1.0], [1.0, np.nextafter(np.float32(1), np.float32(2))]),
+])
+def test_permutation_check_is_bitwise(initial, restored):
+  column = lambda values: np.array([values, values[::-1]], np.float32).T
+  _export._check_is_permutation(column(initial)[::-1], column(initial), (0,))  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r'weight vector 0 is not a permutation '
+                     r'.* \(2 of 2 weight vectors'):
+    _export._check_is_permutation(column(restored), column(initial), (0,))  # pylint: disable=protected-access
+
+
+def test_version_2_binary_leaves_are_refused(tmp_path):
+  _, params, opt_state = _agnostic_run()
+  path = tmp_path / 'agnostic.npz'
+  lp.export_permutations(params, opt_state, path)
+  manifest = _manifest(path)
+  manifest['version'] = 2
+  _rewrite(path, manifest=manifest)
+  message = _restore_error(path, params)
+  assert "leaf ['w']: a binary leaf of a version 2 file" in message
+  assert 'export it again (version 3)' in message
+
+
 @pytest.mark.parametrize('change,expected', [
-    (lambda m, _: m.update(version=3), 'version 3'),
+    (lambda m, _: m.update(version=4), 'version 4'),
     (lambda m, _: m.update(format='other'), 'not a permutation export'),
     (lambda _, dense: dense.update(encoding='zstd'),
      "['dense']: unknown encoding 'zstd'"),

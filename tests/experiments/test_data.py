@@ -116,7 +116,8 @@ def test_unprepared_tfds_dataset_fails_fast(tmp_path):
   assert time.perf_counter() - start < 30
 
 
-def test_tfds_path_reads_a_dataset_prepared_offline(tmp_path):
+def _prepare_tiny_fashion_mnist(tmp_path):
+  """Tiny IDX files prepared as TFDS's fashion_mnist; (data_dir, written)."""
   tfds = pytest.importorskip('tensorflow_datasets')
   from tensorflow_datasets.image_classification import mnist  # pylint: disable=g-import-not-at-top
   idx_dir = tmp_path / 'idx'
@@ -147,6 +148,11 @@ def test_tfds_path_reads_a_dataset_prepared_offline(tmp_path):
                     ).download_and_prepare(
                         download_config=tfds.download.DownloadConfig(
                             try_download_gcs=False))
+  return data_dir, written
+
+
+def test_tfds_path_reads_a_dataset_prepared_offline(tmp_path):
+  data_dir, written = _prepare_tiny_fashion_mnist(tmp_path)
   dataset = data.load('fashion_mnist', data_dir=str(data_dir),
                       validation_size=10)
   assert dataset.image_shape == (28, 28, 1)
@@ -172,3 +178,12 @@ def test_normalization_uses_training_statistics():
   assert scaled['train'].images.max() == 1.0
   np.testing.assert_array_equal(scaled['validation'].labels,
                                 dataset.validation.labels)
+
+
+def test_a_damaged_tfds_file_is_named(tmp_path):
+  data_dir, _ = _prepare_tiny_fashion_mnist(tmp_path)
+  records, = data_dir.glob('fashion_mnist/*/fashion_mnist-train.array_record*')
+  records.write_bytes(records.read_bytes()[:records.stat().st_size // 2])
+  with pytest.raises(ValueError, match=r"the train split of 'fashion_mnist' "
+                     'in .* cannot be read: '):
+    data.load('fashion_mnist', data_dir=str(data_dir), validation_size=10)
