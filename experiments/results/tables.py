@@ -398,12 +398,14 @@ def lm(results: inputs.Inputs) -> Optional[str]:
                rows, [False, True, True, True, True, False, True])
 
 
-LM_TRIALS = {'lm-adamw-lr1e-3': ('adamw', 'AdamW, learning rate 1e-3'),
+LM_TRIALS = {'lm-adamw-lr1e-3': ('adamw', 'AdamW, learning rate **1e-3** '
+                                 '(kept)'),
              'lm-adamw-lr3e-3': ('adamw', 'AdamW, learning rate 3e-3'),
              'lm-laperm-k20': ('laperm', 'LaPerm, k = 20'),
              'lm-laperm-k100': ('laperm', 'LaPerm, k = 100'),
-             'lm-laperm-k100-also': ('laperm', 'LaPerm, k = 100, embeddings '
-                                     'and LayerNorm scales permuted too')}
+             'lm-laperm-k100-also': ('laperm', 'LaPerm, **k = 100, embeddings '
+                                     'and LayerNorm scales permuted too** '
+                                     '(kept)')}
 
 
 def lm_trials(results: inputs.Inputs) -> Optional[str]:

@@ -55,10 +55,14 @@ def test_the_preset_permutes_every_kernel_by_its_fan_in():
       'query': (0,), 'key': (0,), 'value': (0,), 'out': (0, 1)}
   assert layout['decoder_1']['mlp_1']['kernel'] == (0,)
   assert layout['head']['kernel'] == (0,)
-  # Read by a gather and an addition: no fan-in; the inner optimizer's.
-  assert layout['token_embedding']['embedding'] is lp.NO_FAN_IN
-  assert layout['pos_embedding'] is lp.NO_FAN_IN
-  assert layout['norm']['scale'] is lp.NO_FAN_IN
+  # Read by a gather and an addition (no fan-in), and the LayerNorm scales:
+  # one weight vector each.
+  assert layout['token_embedding']['embedding'] == (0, 1)
+  assert layout['pos_embedding'] == (0, 1)
+  assert layout['norm']['scale'] == (0,)
+  # The inner optimizer's alone.
+  assert layout['norm']['bias'] is lp.NO_FAN_IN
+  assert layout['decoder_1']['attention']['query']['bias'] is lp.NO_FAN_IN
 
 
 def test_adamw_decays_the_kernels_only():
