@@ -377,7 +377,8 @@ def bits_spread(nats: Sequence[float], *, bold: bool = False,
 def lm(results: inputs.Inputs) -> Optional[str]:
   runs = results.runs('lm')
   rows = []
-  for name, label in (('laperm', '`laperm` (k = {k}, derived layout)'),
+  for name, label in (('laperm', '`laperm` (k = {k}, derived layout, '
+                                 'embeddings permuted)'),
                       ('adamw', '`adamw` (learning rate {lr})')):
     if name not in runs:
       continue
