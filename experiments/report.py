@@ -9,7 +9,6 @@ weights, and those of the last weights, and keep every seed's numbers.
 
 import dataclasses
 import json
-import math
 import pathlib
 from typing import Any, Sequence
 
@@ -104,11 +103,6 @@ _LOSSES = {'best_val_loss': 'best_val_loss',
            'final_test_loss': 'final_test_loss'}
 
 
-def bits(nats: float) -> float:
-  """A loss in bits: per byte for a byte-level language model."""
-  return nats / math.log(2)
-
-
 def _mean_std(values: Sequence[float]) -> str:
   if len(values) == 1:
     return f'{values[0]:.4f}'
@@ -135,7 +129,7 @@ def table(results: Sequence[Sequence[RunResult]],
   for seeds, optimizer in zip(results, optimizer_names):
     best = [result.best_step if bits_per_byte else result.best_epoch
             for result in seeds]
-    convert = bits if bits_per_byte else float
+    convert = summaries.bits if bits_per_byte else float
     values = (seeds[0].name, optimizer, len(seeds), int(np.median(best)),
               *(_mean_std([convert(getattr(result, field))
                            for result in seeds])

@@ -7,6 +7,7 @@ and the results check recomputes it from the committed seed files
 results pipeline reads summaries without importing JAX.
 """
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -20,6 +21,11 @@ ACCURACIES = ('best_val_accuracy', 'test_accuracy_of_best',
 # The losses (nats per label) summarized over seeds, and kept per seed,
 # where every seed's file holds them (runs since the language model).
 LOSSES = ('best_val_loss', 'test_loss_of_best', 'final_test_loss')
+
+
+def bits(nats: float) -> float:
+  """A loss in bits: per byte for a byte-level language model."""
+  return nats / math.log(2)
 
 
 def statistics(values: Sequence[float]) -> dict[str, float]:

@@ -476,14 +476,21 @@ def _agnostic_run():
           *_moved(_agnostic_init(jax.random.key(0))))
 
 
-@pytest.mark.parametrize('regenerate', [False, True])
-def test_binary_leaf_records_each_vectors_count_of_nonzeros(tmp_path,
-                                                             regenerate):
+def _agnostic_export(tmp_path, regenerate):
+  """The weight-agnostic run exported, with its key (``regenerate``) or its
+  stored values; returns ``(init_fn, params, opt_state, path)``."""
   init_fn, params, opt_state = _agnostic_run()
   path = tmp_path / 'agnostic.npz'
   kwargs = dict(init_fn=init_fn,
                 init_key=jax.random.key(0)) if regenerate else {}
   lp.export_permutations(params, opt_state, path, **kwargs)
+  return init_fn, params, opt_state, path
+
+
+@pytest.mark.parametrize('regenerate', [False, True])
+def test_binary_leaf_records_each_vectors_count_of_nonzeros(tmp_path,
+                                                             regenerate):
+  init_fn, params, opt_state, path = _agnostic_export(tmp_path, regenerate)
   (entry,) = _manifest(path)['leaves']
   assert entry['counts'] == ('init' if regenerate else 'stored')
   with np.load(path) as archive:
@@ -501,11 +508,7 @@ def test_binary_leaf_records_each_vectors_count_of_nonzeros(tmp_path,
 @pytest.mark.parametrize('regenerate', [False, True])
 def test_binary_leaf_that_moves_a_weight_between_vectors(tmp_path,
                                                          regenerate):
-  init_fn, params, opt_state = _agnostic_run()
-  path = tmp_path / 'agnostic.npz'
-  kwargs = dict(init_fn=init_fn,
-                init_key=jax.random.key(0)) if regenerate else {}
-  lp.export_permutations(params, opt_state, path, **kwargs)
+  init_fn, params, opt_state, path = _agnostic_export(tmp_path, regenerate)
   synced = np.asarray(lp.synchronize(params, opt_state)['w'])
   # One weight moves from vector 2 to vector 3: the leaf keeps its count of
   # nonzeros, vectors 2 and 3 do not.

@@ -139,9 +139,10 @@ def _head_ranking_distances(before: jax.Array, after: jax.Array,
                 4) for head in range(before.shape[head_axis])]
 
 
-def vit_seed(initial: Any, synced: Any, best: Any, adam_initial: Any,
+def derived_layout_seed(initial: Any, synced: Any, best: Any, adam_initial: Any,
              axes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-  """One ViT seed's checks: exact permutations, same start, head distances.
+  """One seed's checks under a derived layout (the ViT's, the language
+  model's): exact permutations, same start, head distances.
 
   Args:
     initial: LaPerm's initial params.

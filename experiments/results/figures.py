@@ -39,7 +39,7 @@ from laperm_jax import plots
 from experiments import generate
 from experiments import models
 from experiments import monitor
-from experiments import report
+from experiments import summaries
 from experiments.results import checks as checks_lib
 from experiments.results import restore
 
@@ -207,7 +207,7 @@ def vit_results(runs: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
             for arrays in laperm.arrays]
   for config, initial, seed_synced, arrays, adam_initial in zip(
       laperm.configs, laperm.initials, synced, laperm.arrays, adam.initials):
-    checks['seeds'][config.seed] = checks_lib.vit_seed(
+    checks['seeds'][config.seed] = checks_lib.derived_layout_seed(
         initial, seed_synced, arrays['best_params'], adam_initial, axes)
     print(f'ViT seed {config.seed}: exact permutations',
           checks['seeds'][config.seed]['kernels_exact_permutation_of_initial'])
@@ -257,7 +257,7 @@ def lm_results(runs: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
   """The language model: checks, samples and two figures into ``out/lm``.
 
   Every seed's LaPerm kernels are checked as the ViT's are
-  (``checks.vit_seed``: exact permutations of the regenerated initial
+  (``checks.derived_layout_seed``: exact permutations of the regenerated initial
   fan-in vectors, the same initial weights as AdamW's). The first seed's
   best weights of each optimizer continue :data:`SAMPLE_PROMPT` (see
   :func:`samples`). The figures are drawn from the runs' ``metrics.json``.
@@ -275,7 +275,7 @@ def lm_results(runs: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
       laperm.configs, laperm.initials, laperm.arrays,
       restored['adamw'].initials):
     synced = lp.synchronize(arrays['state'].params, arrays['state'].opt_state)
-    checks['seeds'][config.seed] = checks_lib.vit_seed(
+    checks['seeds'][config.seed] = checks_lib.derived_layout_seed(
         initial, synced, arrays['best_params'], adamw_initial, axes)
     print(f'LM seed {config.seed}: exact permutations',
           checks['seeds'][config.seed]['kernels_exact_permutation_of_initial'])
@@ -315,7 +315,7 @@ def _validation_bits(seeds: list[dict[str, Any]]) -> tuple[Any, Any]:
   records = [[record for record in metrics['history'] if 'val_loss' in record]
              for metrics in seeds]
   steps = np.array([record['step'] for record in records[0]])
-  return steps, np.array([[report.bits(record['val_loss'])
+  return steps, np.array([[summaries.bits(record['val_loss'])
                            for record in seed] for seed in records])
 
 

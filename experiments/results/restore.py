@@ -15,6 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from experiments import checkpoints
+from experiments import data
 from experiments import models
 from experiments import monitor
 from experiments import optimizers
@@ -83,7 +84,7 @@ def _rebuild(configs: list[ml_collections.ConfigDict]
   """The run's layout and each seed's initial train state, rebuilt by
   ``state.initial_run`` as training built them (the seeds' configs differ
   in ``seed`` alone): on Fashion-MNIST, or on a ``text:`` corpus."""
-  text = configs[0].dataset.startswith('text:')
+  text = data.is_text(configs[0].dataset)
   run = state_lib.initial_run(
       configs[0], [config.seed for config in configs],
       num_classes=BYTES if text else NUM_CLASSES,

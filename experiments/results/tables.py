@@ -17,7 +17,6 @@ freedom, ddof-1 standard deviation).
 """
 
 import dataclasses
-import math
 import pathlib
 import re
 from statistics import fmean as mean
@@ -26,6 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from scipy import stats
 
+from experiments import summaries
 from experiments.results import inputs
 
 # The Conv7 studies of 10 epochs, whose seeds and runs are shown together.
@@ -364,7 +364,7 @@ def vit_trials(results: inputs.Inputs) -> Optional[str]:
 def bits_spread(nats: Sequence[float], *, bold: bool = False,
                 with_range: bool = True) -> str:
   """Losses in nats as bits per byte: ``2.345 +- 0.012 (2.331-2.360)``."""
-  bits = [value / math.log(2) for value in nats]
+  bits = [summaries.bits(value) for value in nats]
   text = (f'{bits[0]:.3f}' if len(bits) == 1 else
           f'{mean(bits):.3f} +- {std(bits):.3f}')
   if bold:

@@ -2,6 +2,7 @@
 its loss in bits per byte, its best weights by validation loss, and text
 generation."""
 
+import doctest
 import json
 import math
 
@@ -19,8 +20,8 @@ from experiments import generate
 from experiments import models
 from experiments import monitor
 from experiments import optimizers
-from experiments import report
 from experiments import steps
+from experiments import summaries
 from experiments.results import checks as checks_lib
 from experiments.results import restore
 
@@ -94,7 +95,7 @@ def test_evaluation_gives_the_mean_loss_per_byte(count, batch_size):
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   nats = -np.take_along_axis(log_probs, labels[..., None], -1).mean()
   np.testing.assert_allclose(float(loss[0]), nats, rtol=1e-5)
-  assert report.bits(float(loss[0])) == float(loss[0]) / math.log(2)
+  assert summaries.bits(float(loss[0])) == float(loss[0]) / math.log(2)
   np.testing.assert_allclose(
       float(accuracy[0]), np.mean(logits.argmax(-1) == labels), rtol=1e-6)
 
@@ -196,7 +197,7 @@ def test_lm_quick_trains_both_optimizers_on_a_small_text(tmp_path, capsys):
               for name in ('laperm', 'adamw')}
   laperm_run = restored['laperm']
   arrays = laperm_run.arrays[0]
-  checks = checks_lib.vit_seed(
+  checks = checks_lib.derived_layout_seed(
       laperm_run.initials[0],
       lp.synchronize(arrays['state'].params, arrays['state'].opt_state),
       arrays['best_params'], restored['adamw'].initials[0],
@@ -208,3 +209,13 @@ def test_lm_quick_trains_both_optimizers_on_a_small_text(tmp_path, capsys):
   assert sum(checks['fraction_moved'].values()) > 0
   table = capsys.readouterr().out
   assert 'test bpb' in table and 'laperm' in table
+
+
+def test_generate_docstring_example_runs():
+  # experiments/ is outside pytest's doctest paths.
+  test = doctest.DocTestParser().get_doctest(
+      generate.generate.__doc__, dict(vars(generate)), 'generate', None, 0)
+  assert test.examples
+  runner = doctest.DocTestRunner()
+  runner.run(test)
+  assert runner.failures == 0
